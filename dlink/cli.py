@@ -1,0 +1,147 @@
+"""DLink: distil an EEG foundation model into a tiny int8 student.
+
+Data root: --data-dir, else $DLINK_DATA_DIR, else ~/.cache/dlink/data.
+Get data with `dlink data fetch eegmat`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dlink.console import run_app
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False)
+data_app = typer.Typer(help="Find, fetch, inspect and verify EEG data sets.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = Console()
+
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Data root (default: $DLINK_DATA_DIR, else ~/.cache/dlink/data).",
+    show_default=False)]
+DataName = Annotated[str, typer.Argument(help="Data set name (see `dlink data list`) or .npz path.")]
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDir = None) -> None:
+    """List the data sets DLink knows and whether each is present in the data root."""
+    from dlink.data import DATASETS, data_root
+
+    root = data_root(data_dir)
+    table = Table(title=f"data sets in {root}")
+    for col in ("name", "folder", "present", "source"):
+        table.add_column(col)
+    for name, mod in DATASETS.items():
+        present = (root / mod.FOLDER).is_dir()
+        table.add_row(name, mod.FOLDER, "yes" if present else "no (dlink data fetch)", mod.URL)
+    out.print(table)
+
+
+@data_app.command("info")
+def data_info(name: DataName, data_dir: DataDir = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Windows per class and subject, channels, sampling rate and duration."""
+    from dlink.data import load_windows
+
+    summary = load_windows(name, data_dir=data_dir).summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    out.print(f"[bold]{summary['name']}[/]: {summary['n_windows']} windows of "
+              f"{summary['window_s']:g} s, {summary['n_subjects']} subjects, "
+              f"{summary['n_channels']} channels at {summary['sfreq']:g} Hz, "
+              f"{summary['total_hours']:.2f} h")
+    out.print("channels: " + " ".join(summary["ch_names"]))
+    table = Table(title="windows per subject and class")
+    table.add_column("subject")
+    classes = list(summary["windows_per_class"])
+    for c in classes:
+        table.add_column(c, justify="right")
+    for subject, row in summary["windows_per_subject"].items():
+        table.add_row(subject, *(str(row[c]) for c in classes))
+    table.add_row("[bold]total", *(f"[bold]{summary['windows_per_class'][c]}" for c in classes))
+    out.print(table)
+
+
+@data_app.command("verify")
+def data_verify(name: DataName, data_dir: DataDir = None) -> None:
+    """Check every file of a data set against its official sha256; exit 1 on any problem."""
+    from dlink.data import DATASETS, data_root
+    from dlink.data.checksums import verify_files
+    from dlink.errors import ChecksumError, ConfigError
+
+    if name not in DATASETS:
+        raise ConfigError(f"no checksums on record for '{name}': known are {', '.join(DATASETS)}")
+    report = verify_files(DATASETS[name].expected_checksums(data_root(data_dir)))
+    out.print(f"{name}: {len(report['ok'])} files ok, {len(report['missing'])} missing, "
+              f"{len(report['bad'])} with a wrong sha256")
+    if report["missing"] or report["bad"]:
+        listed = ", ".join((report["bad"] + report["missing"])[:5])
+        raise ChecksumError(f"{name} does not verify ({listed}...): run `dlink data fetch {name}`")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="eegmat or eegmmidb.")],
+    data_dir: DataDir = None,
+    subjects: Annotated[str | None, typer.Option(
+        help="Comma-separated subjects (EEGMAT: 00..35; eegmmidb: 1..109). Default: all "
+             "(EEGMAT) or 1 (eegmmidb).")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="Mirror of the data set's PhysioNet folder (default: physionet.org).")] = None,
+) -> None:
+    """Download a data set's official files, verifying each file's sha256.
+
+    Files already present and intact are skipped, so an interrupted fetch resumes; a file
+    whose checksum does not match is deleted and the command fails.
+    """
+    from rich.progress import Progress
+
+    from dlink.data import data_root
+    from dlink.data.fetch import fetch
+
+    root = data_root(data_dir)
+    chosen = None if subjects is None else [s.strip() for s in subjects.split(",") if s.strip()]
+    if chosen is not None and name == "eegmmidb":
+        chosen = [int(s) for s in chosen]
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"fetching {name}", total=None)
+        paths = fetch(name, root, base_url=base_url, subjects=chosen,
+                      on_file=lambda f: bar.update(task, description=f"fetching {f}", advance=1))
+    out.print(f"{name}: {len(paths)} files verified in {root}")
+
+
+@app.command()
+def pipeline(
+    data: Annotated[str, typer.Option(help="Data set name or .npz path.")] = "eegmat",
+    data_dir: DataDir = None,
+) -> None:
+    """The main job. For now: load the data set and summarise it with its default split."""
+    from dlink.data import load_windows, split_subjects
+
+    windows = load_windows(data, data_dir=data_dir)
+    summary = windows.summary()
+    split = split_subjects(windows)
+    out.print(f"[bold]{summary['name']}[/]: {summary['n_windows']} windows "
+              f"({', '.join(f'{k} {v}' for k, v in summary['windows_per_class'].items())}), "
+              f"{summary['n_channels']} channels at {summary['sfreq']:g} Hz, "
+              f"{summary['window_s']:g} s windows, {summary['n_subjects']} subjects")
+    for part, subjects in split.to_dict().items():
+        n = len(windows.of_subjects(subjects))
+        out.print(f"  {part:5s}: {len(subjects):2d} subjects, {n:4d} windows "
+                  f"({', '.join(subjects)})")
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

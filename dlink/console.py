@@ -1,0 +1,51 @@
+"""Terminal output shared by the `dlink` and `dlink-export` commands.
+
+* `track`: a rich progress bar on stderr when a CLI turned bars on, a plain pass-through
+  for library use and tests.
+* `run_app`: runs a typer app so that our own errors (`DLinkError`) print one line on
+  stderr and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+
+from dlink.errors import DLinkError
+
+T = TypeVar("T")
+stderr = Console(stderr=True)
+_bars = {"on": False}
+
+
+def enable_progress(on: bool = True) -> None:
+    """Show progress bars from `track` (the CLIs call this; libraries stay quiet)."""
+    _bars["on"] = on
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate ``items``, with a progress bar on stderr if bars are enabled."""
+    if not _bars["on"]:
+        yield from items
+        return
+    from rich.progress import track as rich_track
+
+    yield from rich_track(items, description=description, total=total, console=stderr,
+                          transient=True)
+
+
+def run_app(app) -> None:
+    """Run a typer app; `DLinkError` becomes ``error: <message>`` on stderr and exit 1.
+
+    The app must be built with ``pretty_exceptions_enable=False`` so that our errors reach
+    this handler; click still formats usage errors itself (exit 2).
+    """
+    enable_progress(True)
+    try:
+        app()
+    except DLinkError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
