@@ -139,6 +139,50 @@ def pipeline(
                   f"({', '.join(subjects)})")
 
 
+Out = Annotated[Path, typer.Option("--out", help="Output folder (resumes if it holds a checkpoint).")]
+Seed = Annotated[int, typer.Option(help="Random seed (data order, masks, initialisation).")]
+
+
+@app.command()
+def pretrain(
+    data: Annotated[str, typer.Option(help="Data set name or .npz path.")] = "eegmat",
+    preset: Annotated[str, typer.Option(help="Teacher size: base, small or tiny.")] = "small",
+    out: Out = Path("runs/pretrain"),
+    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Windows per optimiser step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
+    teacher_weights: Annotated[Path | None, typer.Option(
+        help="Start from these weights (official .pth, braindecode or our folder).")] = None,
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+) -> None:
+    """Self-supervised pre-training (masked-patch reconstruction) of the teacher.
+
+    Trains on the training subjects of the default split; the test subjects are never
+    used. Writes config.json + model.safetensors, pretrain.json, loss_curve.png; re-running
+    with the same --out resumes from its checkpoint.
+    """
+    from dlink.data import load_windows
+    from dlink.pretrain import PretrainConfig
+    from dlink.pretrain import pretrain as run
+
+    _threads()
+    cfg = PretrainConfig(preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    facts = run(load_windows(data, data_dir=data_dir), out, cfg, init_weights=teacher_weights)
+    out_msg = (f"pretrained {facts['model']} on {facts['train_hours']:.2f} h "
+               f"({facts['train_windows']} windows): val MSE {facts['final_val_mse']:.4f} -> {out}")
+    typer.echo(out_msg)
+
+
+def _threads() -> None:
+    """Use every core for intra-op parallelism (torch defaults to physical cores)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("DLINK_THREADS", os.cpu_count() or 1)))
+
+
 def main() -> None:
     run_app(app)
 

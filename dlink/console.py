@@ -49,3 +49,43 @@ def run_app(app) -> None:
     except DLinkError as exc:
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+class LossBar:
+    """A progress bar over optimisation steps that shows the latest loss terms.
+
+    Silent unless a CLI enabled bars (and on non-zero ranks under torchrun).
+    """
+
+    def __init__(self, total: int, description: str, enabled: bool = True):
+        self._bar = None
+        if _bars["on"] and enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[terms]}"), console=stderr)
+            self._task = self._bar.add_task(description, total=total, terms="")
+            self._bar.start()
+
+    def update(self, completed: int, terms: dict[str, float], description: str | None = None):
+        if self._bar is not None:
+            text = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            kwargs = {"description": description} if description else {}
+            self._bar.update(self._task, completed=completed, terms=text, **kwargs)
+
+    def log(self, text: str) -> None:
+        """One line above the bar (kept in logs where the live bar is not drawn)."""
+        if self._bar is not None:
+            self._bar.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

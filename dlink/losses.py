@@ -1,0 +1,222 @@
+"""DLink training losses: CE, feature mimic, spectral (magnitude + phase), logit KD.
+
+``total = CE + alpha * mimic + lambda_mag * mag + lambda_phase * phase + kd_weight * kd``
+
+The student's mimic representation and the routed teacher target are both (B, C, N, d).
+The spectral terms take an rFFT along **N, the patch axis**, by default. N is the only
+axis of that tensor ordered in time (one 1-s patch after another); C is space and d is a
+feature axis whose index order carries no time or frequency meaning, so an FFT over d
+(or over a flattened N*d) would mix unrelated features as if they were neighbours in
+time. Along N, the spectrum describes how each feature of each channel evolves across
+the window: the magnitude term keeps the student's slow feature dynamics (including the
+DC bin, the feature's window mean), the phase term keeps *when* they happen, which is
+what temporal jitter and aliasing from compression destroy. With short windows the
+spectrum is coarse (N = 5 -> 3 bins); ``spectral_axis="feature"`` is kept for ablation.
+
+Shape legend
+------------
+B batch, C channels, N patches, d feature width, F frequency bins, K classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from dlink.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """Weights and options of the DLink objective (untuned defaults; see presets)."""
+
+    alpha: float = 1.0  # weight of the feature-mimic MSE
+    lambda_mag: float = 0.5  # weight of the spectral magnitude term (L1 on log1p |X|)
+    lambda_phase: float = 0.5  # weight of the magnitude-weighted phase term (1 - cos dphi)
+    kd_weight: float = 0.0  # weight of Hinton logit KD; needs teacher logits when > 0
+    kd_tau: float = 2.0  # KD temperature; the term is scaled by tau^2
+    label_smoothing: float = 0.0  # CE label smoothing in [0, 1)
+    mimic_norm: bool = True  # layer-normalise both features over d first (scale-free target)
+    spectral_axis: Literal["patch", "feature"] = "patch"  # rFFT over N (time) or d (ablation)
+    eps: float = 1e-8  # guards magnitudes and phase cosines against division by zero
+
+    def __post_init__(self):
+        for name in ("alpha", "lambda_mag", "lambda_phase", "kd_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"DistillLoss.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.kd_tau <= 0:
+            raise ConfigError(f"DistillLoss.kd_tau must be > 0, got {self.kd_tau}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.spectral_axis not in ("patch", "feature"):
+            raise ConfigError(
+                f"spectral_axis must be 'patch' or 'feature', got {self.spectral_axis!r}."
+            )
+
+    @property
+    def needs_features(self) -> bool:
+        return self.alpha > 0 or self.lambda_mag > 0 or self.lambda_phase > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LOSSES: dict[str, DistillLoss] = {
+    "dlink": DistillLoss(),  # CE + mimic + magnitude + phase
+    "dlink-kd": DistillLoss(kd_weight=1.0),  # ... plus logit KD
+    "mimic": DistillLoss(lambda_mag=0.0, lambda_phase=0.0),  # ablation: no spectral terms
+    "kd": DistillLoss(alpha=0.0, lambda_mag=0.0, lambda_phase=0.0, kd_weight=1.0),
+    "ce": DistillLoss(alpha=0.0, lambda_mag=0.0, lambda_phase=0.0),  # no teacher at all
+}
+
+
+def build_loss(name: str = "dlink", **overrides) -> DistillLoss:
+    """A `LOSSES` preset with fields replaced, e.g. ``build_loss("dlink", alpha=2.0)``."""
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss preset {name!r}; choose one of {sorted(LOSSES)}.")
+    try:
+        return replace(LOSSES[name], **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"{exc}; DistillLoss fields are {sorted(asdict(LOSSES[name]))}.") from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Terms
+
+
+def mimic_loss(
+    student: torch.Tensor, teacher: torch.Tensor, normalize: bool = True
+) -> torch.Tensor:
+    """MSE between mimic and routed teacher features, both (B, C, N, d).
+
+    With ``normalize`` each token is layer-normalised over d (no affine) first, so the
+    target's scale, which differs by an order of magnitude across teacher layers, does not
+    set the loss scale.
+    """
+    _same_shape(student, teacher, "mimic_loss")
+    if normalize:
+        student, teacher = _token_norm(student), _token_norm(teacher)
+    return F.mse_loss(student, teacher)
+
+
+def spectral_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    dim: int = 2,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Magnitude and phase mismatch of the rFFT along ``dim`` (default 2 = N patches).
+
+    Parameters
+    ----------
+    student, teacher : same shape, e.g. (B, C, N, d).
+    dim : axis of the transform (see the module docstring for why N).
+    eps : numerical guard.
+
+    Returns
+    -------
+    mag : L1 distance of ``log1p(|X|)``, averaged over all bins.
+    phase : ``sum_f w_f (1 - cos(phi_s - phi_t))`` with ``w_f = |T_f| / sum_f |T_f|``,
+        averaged over the other axes; in [0, 2]. Weighting by the teacher's normalised
+        magnitude keeps bins where the target has no energy (pure noise, undefined
+        phase) from dominating.
+    """
+    _same_shape(student, teacher, "spectral_loss")
+    s = torch.fft.rfft(student.float(), dim=dim)  # (..., F, ...)
+    t = torch.fft.rfft(teacher.float(), dim=dim)
+    s_mag, t_mag = s.abs(), t.abs()
+    mag = F.l1_loss(torch.log1p(s_mag), torch.log1p(t_mag))
+    # cos(phi_s - phi_t) = Re(s * conj(t)) / (|s| |t|), without atan2 and its gradient spikes
+    cross = s.real * t.real + s.imag * t.imag
+    cos = cross / torch.sqrt((s_mag.square() + eps) * (t_mag.square() + eps))
+    w = t_mag / (t_mag.sum(dim=dim, keepdim=True) + eps)
+    phase = (w * (1.0 - cos)).sum(dim=dim).mean()
+    return mag, phase
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hinton KD: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``, batch mean; (B, K)."""
+    _same_shape(student_logits, teacher_logits, "kd_loss")
+    log_p_s = F.log_softmax(student_logits / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach() / tau, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * tau**2
+
+
+# ---------------------------------------------------------------------------------------
+# Objective
+
+
+def distill_loss(
+    cfg: DistillLoss,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    student_feats: torch.Tensor | None = None,
+    teacher_feats: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """All DLink loss terms and their weighted total.
+
+    Parameters
+    ----------
+    cfg : weights and options.
+    logits : (B, K) student logits.
+    labels : (B,) int64 class indices.
+    student_feats : (B, C, N, d) student mimic representation (``forward_features``).
+    teacher_feats : (B, C, N, d) routed teacher target (``RoutedFeatures.features``).
+    teacher_logits : (B, K) teacher logits, needed when ``cfg.kd_weight > 0``.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        Scalars ``ce``, ``mimic``, ``mag``, ``phase``, ``kd`` (unweighted; zero when the
+        term is off) and ``total`` (weighted sum; the one to backpropagate).
+    """
+    zero = logits.new_zeros(())
+    terms = {
+        "ce": F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing),
+        "mimic": zero,
+        "mag": zero,
+        "phase": zero,
+        "kd": zero,
+    }
+    if cfg.needs_features:
+        if student_feats is None or teacher_feats is None:
+            raise ConfigError(
+                "this loss needs student_feats and teacher_feats (alpha, lambda_mag or "
+                "lambda_phase > 0); pass them, or use the 'kd' or 'ce' preset."
+            )
+        s, t = student_feats, teacher_feats.detach()
+        if cfg.mimic_norm:
+            s, t = _token_norm(s), _token_norm(t)
+        if cfg.alpha > 0:
+            terms["mimic"] = mimic_loss(s, t, normalize=False)
+        if cfg.lambda_mag > 0 or cfg.lambda_phase > 0:
+            dim = 2 if cfg.spectral_axis == "patch" else 3
+            terms["mag"], terms["phase"] = spectral_loss(s, t, dim=dim, eps=cfg.eps)
+    if cfg.kd_weight > 0:
+        if teacher_logits is None:
+            raise ConfigError("kd_weight > 0 needs teacher_logits; pass them or set kd_weight=0.")
+        terms["kd"] = kd_loss(logits, teacher_logits, cfg.kd_tau)
+    terms["total"] = (
+        terms["ce"]
+        + cfg.alpha * terms["mimic"]
+        + cfg.lambda_mag * terms["mag"]
+        + cfg.lambda_phase * terms["phase"]
+        + cfg.kd_weight * terms["kd"]
+    )
+    return terms
+
+
+def _token_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:])  # over d, no affine
+
+
+def _same_shape(a: torch.Tensor, b: torch.Tensor, who: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{who}: student {tuple(a.shape)} and teacher {tuple(b.shape)} differ; build the "
+            "student with d_teacher equal to the teacher width and the same window."
+        )

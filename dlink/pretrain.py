@@ -1,0 +1,110 @@
+"""Self-supervised pre-training of the CBraMod-architecture teacher (`dlink pretrain`).
+
+CBraMod's objective: each 1-s patch is masked with probability 0.5 (Bernoulli), the
+masked patches are replaced by the (frozen) mask token, and ``proj_out`` reconstructs them
+from the last layer's tokens; the loss is the MSE on masked patches only. Inputs are
+200 Hz windows in µV/100. By default it trains on the training subjects of the data set's
+default split and reports the reconstruction loss on its validation subjects, so the
+test subjects are never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dlink import distributed as dist
+from dlink.data import Windows, split_subjects
+from dlink.teacher import create_teacher, load_teacher, patchify, save_teacher
+from dlink.training import TrainConfig, train_loop
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Pre-training settings (CBraMod: lr 5e-4, weight decay 5e-2, mask ratio 0.5)."""
+
+    preset: str = "small"  # teacher size: base (12 layers), small (6), tiny (tests)
+    mask_ratio: float = 0.5  # probability that a patch is masked
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 5e-4
+    input_scale: float = 0.01  # µV -> CBraMod units (µV / 100)
+
+
+class MaskedPatchObjective(torch.nn.Module):
+    """The pre-training loss as a module, so torchrun's DDP can wrap it whole."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """MSE on masked patches. x (B, C, N, P) in µV/100, mask (B, C, N) of 0/1."""
+        tokens = self.teacher.forward_layers(x, mask)[-1]  # (B, C, N, d)
+        recon = self.teacher.proj_out(tokens)  # (B, C, N, P)
+        m = mask.bool()
+        return torch.nn.functional.mse_loss(recon[m], x[m])
+
+
+def pretrain(windows: Windows, out_dir: Path, cfg: PretrainConfig | None = None,
+             init_weights: Path | None = None) -> dict:
+    """Pre-train a teacher on ``windows`` (train subjects of the default split).
+
+    Returns the model card facts (data, hours, steps, final losses) also written to
+    ``out_dir/pretrain.json``; the backbone is saved as ``out_dir/config.json`` +
+    ``model.safetensors``.
+    """
+    cfg = cfg or PretrainConfig()
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    split = split_subjects(windows)
+    train, val = windows.of_subjects(split.train), windows.of_subjects(split.val)
+    to_x = lambda w: patchify(torch.from_numpy(w.X * cfg.input_scale))  # noqa: E731 (B,C,N,P)
+    x_train, x_val = to_x(train), to_x(val)
+    model = (load_teacher(init_weights) if init_weights else create_teacher(cfg.preset))
+    model.signal = windows.signal
+    objective = dist.wrap(MaskedPatchObjective(model))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    val_mask = torch.bernoulli(torch.full(x_val.shape[:3], cfg.mask_ratio), generator=gen)
+
+    def loss_fn(idx: np.ndarray) -> dict[str, Tensor]:
+        x = x_train[idx]
+        mask = torch.bernoulli(torch.full(x.shape[:3], cfg.mask_ratio))
+        return {"loss": objective(x, mask)}
+
+    def evaluate() -> dict[str, float]:
+        losses = [float(objective(x_val[i:i + 64], val_mask[i:i + 64]))
+                  for i in range(0, len(x_val), 64)]
+        return {"val_mse": float(np.mean(losses))}
+
+    def save(epoch: int) -> None:
+        save_teacher(model, out_dir, extra_config={"pretrain": asdict(cfg), "epoch": epoch})
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result = train_loop(
+        modules={"teacher": objective}, param_groups=[{"params": trainable, "lr": cfg.lr}],
+        n_train=len(x_train), cfg=cfg, loss_fn=loss_fn, evaluate=evaluate, select=None,
+        on_best=save, out_dir=out_dir, description=f"pretrain cbramod-{cfg.preset}",
+    )
+    last = result.history[-1]
+    facts = {
+        "model": f"cbramod-{cfg.preset}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "data": windows.name,
+        "train_subjects": split.train, "val_subjects": split.val,
+        "excluded_test_subjects": split.test,
+        "train_windows": len(train),
+        "train_hours": round(len(train) * windows.n_times / windows.sfreq / 3600, 3),
+        "epochs": cfg.epochs,
+        "steps": cfg.epochs * (len(train) // cfg.batch_size),
+        "final_train_mse": last["train"]["loss"], "final_val_mse": last["val"]["val_mse"],
+        "config": asdict(cfg),
+    }
+    if dist.is_main():
+        (out_dir / "pretrain.json").write_text(json.dumps(facts, indent=2))
+    return facts

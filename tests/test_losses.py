@@ -1,0 +1,100 @@
+"""Distillation losses: zero when matched, growing with phase error, weighted total."""
+
+import math
+
+import pytest
+import torch
+
+from dlink.errors import ConfigError
+from dlink.losses import (
+    LOSSES,
+    DistillLoss,
+    build_loss,
+    distill_loss,
+    kd_loss,
+    mimic_loss,
+    spectral_loss,
+)
+
+B, C, N, D, K = 2, 3, 9, 8, 2  # odd N: rFFT has no Nyquist bin, every non-DC bin rotates
+
+
+def _feats(seed: int = 0) -> torch.Tensor:
+    return torch.randn(B, C, N, D, generator=torch.Generator().manual_seed(seed))
+
+
+def _rotate_phase(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate the phase of every non-DC bin along N by ``angle``; magnitudes unchanged."""
+    spec = torch.fft.rfft(x, dim=2)
+    rot = torch.ones(spec.shape[2], dtype=spec.dtype)
+    rot[1:] = complex(math.cos(angle), math.sin(angle))
+    return torch.fft.irfft(spec * rot[:, None], n=x.shape[2], dim=2)
+
+
+def test_identical_features_cost_nothing():
+    t = _feats()
+    mag, phase = spectral_loss(t.clone(), t)
+    assert mag.item() == 0.0
+    assert phase.item() == pytest.approx(0.0, abs=1e-6)
+    assert mimic_loss(t.clone(), t).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_phase_term_grows_monotonically_with_phase_rotation():
+    t = _feats()
+    angles = [0.0, 0.25, 0.5, 1.0, 2.0, math.pi]
+    mags, phases = zip(*(spectral_loss(_rotate_phase(t, a), t) for a in angles), strict=True)
+    assert all(m.item() < 1e-5 for m in mags), "a pure phase rotation keeps magnitudes"
+    values = [p.item() for p in phases]
+    assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
+    assert values[-1] > 0.5
+
+
+def test_circular_shift_along_patches_is_seen_by_phase_only():
+    t = _feats()
+    shifted = torch.roll(t, shifts=1, dims=2)
+    mag, phase = spectral_loss(shifted, t)
+    assert mag.item() < 1e-5 and phase.item() > 0.1
+    assert spectral_loss(torch.roll(t, 1, dims=3), t, dim=2)[0] > 0.01  # d is not time
+
+
+def test_spectral_gradient_is_finite_at_zero_student():
+    s = torch.zeros(B, C, N, D, requires_grad=True)
+    mag, phase = spectral_loss(s, _feats())
+    (mag + phase).backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_kd_is_zero_for_identical_logits_and_scaled_by_tau_squared():
+    logits = torch.randn(4, K)
+    assert kd_loss(logits, logits.clone(), tau=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(4, K)
+    ratio = kd_loss(logits, other, tau=1.0) / kd_loss(logits / 3, other / 3, tau=1.0 / 3)
+    assert ratio.item() == pytest.approx(9.0, rel=1e-4)
+
+
+def test_total_is_the_weighted_sum_of_named_terms():
+    cfg = build_loss("dlink-kd", alpha=2.0, lambda_mag=0.3, lambda_phase=0.7, label_smoothing=0.1)
+    logits, labels = torch.randn(B, K, requires_grad=True), torch.tensor([0, 1])
+    s = _feats(1).requires_grad_()
+    terms = distill_loss(cfg, logits, labels, s, _feats(2), teacher_logits=torch.randn(B, K))
+    assert set(terms) == {"ce", "mimic", "mag", "phase", "kd", "total"}
+    expected = (
+        terms["ce"] + 2.0 * terms["mimic"] + 0.3 * terms["mag"] + 0.7 * terms["phase"] + terms["kd"]
+    )
+    torch.testing.assert_close(terms["total"], expected)
+    terms["total"].backward()
+    assert s.grad is not None and logits.grad is not None
+
+
+def test_ce_preset_needs_no_teacher_and_missing_inputs_are_explained():
+    logits, labels = torch.randn(B, K), torch.tensor([0, 1])
+    terms = distill_loss(LOSSES["ce"], logits, labels)
+    assert terms["total"].item() == pytest.approx(terms["ce"].item())
+    with pytest.raises(ConfigError, match="student_feats and teacher_feats"):
+        distill_loss(DistillLoss(), logits, labels)
+    with pytest.raises(ConfigError, match="teacher_logits"):
+        distill_loss(LOSSES["kd"], logits, labels)
+    with pytest.raises(ConfigError, match="unknown loss preset"):
+        build_loss("nope")
+    with pytest.raises(ConfigError, match="alpha"):
+        DistillLoss(alpha=-1)

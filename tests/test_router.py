@@ -1,0 +1,76 @@
+"""Layer routers: named result, weights on the simplex, ablation selectors."""
+
+import pytest
+import torch
+
+from dlink.errors import ConfigError
+from dlink.router import ROUTERS, LastLayer, LayerAverage, LayerRouter, RoutedFeatures, build_router
+
+B, L, C, N, D = 3, 4, 5, 2, 8
+
+
+def _layers(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, C, N, D, generator=g) for _ in range(L)]
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_every_router_returns_weights_on_the_simplex(name):
+    torch.manual_seed(0)
+    router = build_router(name, n_layers=L, d_model=D)
+    if name == "router":  # move away from the zero-initialised (uniform) start
+        torch.nn.init.normal_(router.mlp[-1].weight)
+    out = router(_layers())
+    assert isinstance(out, RoutedFeatures)
+    assert out.weights.shape == (B, L) and out.features.shape == (B, C, N, D)
+    assert (out.weights >= 0).all()
+    torch.testing.assert_close(out.weights.sum(1), torch.ones(B))
+
+
+def test_router_features_are_the_weighted_sum_and_input_dependent():
+    torch.manual_seed(0)
+    router = LayerRouter(L, D, hidden=16)
+    torch.nn.init.normal_(router.mlp[-1].weight)
+    layers = _layers()
+    out = router(layers)
+    expected = sum(out.weights[:, i, None, None, None] * layers[i] for i in range(L))
+    torch.testing.assert_close(out.features, expected)
+    assert not torch.allclose(out.weights[0], out.weights[1])  # per-sample routing
+
+
+def test_router_starts_uniform_and_learns():
+    router = LayerRouter(L, D)
+    layers = _layers()
+    out = router(layers)
+    torch.testing.assert_close(out.weights, torch.full((B, L), 1 / L))
+    torch.testing.assert_close(out.entropy(), torch.log(torch.tensor(float(L))))
+    out.features.square().mean().backward()
+    assert router.mlp[-1].weight.grad.abs().sum() > 0
+
+
+def test_low_temperature_sharpens():
+    torch.manual_seed(0)
+    warm, cold = LayerRouter(L, D, tau=1.0), LayerRouter(L, D, tau=0.1)
+    cold.load_state_dict(warm.state_dict())
+    for r in (warm, cold):
+        torch.nn.init.constant_(r.mlp[-1].bias, 0.0)
+        with torch.no_grad():
+            r.mlp[-1].bias[2] = 1.0
+    assert cold(_layers()).entropy() < warm(_layers()).entropy()
+
+
+def test_ablation_selectors():
+    layers = _layers()
+    avg, last = LayerAverage(L)(layers), LastLayer(L)(layers)
+    torch.testing.assert_close(avg.features, torch.stack(layers).mean(0))
+    torch.testing.assert_close(last.features, layers[-1])
+    assert last.weights[:, -1].eq(1).all() and last.weights[:, :-1].eq(0).all()
+
+
+def test_wrong_layer_count_and_options_say_what_to_do():
+    with pytest.raises(ConfigError, match="n_layers=4 but got 3"):
+        LayerRouter(L, D)(_layers()[:3])
+    with pytest.raises(ConfigError, match="unknown router"):
+        build_router("best", L, D)
+    with pytest.raises(ConfigError, match="tau"):
+        LayerRouter(L, D, tau=0)

@@ -1,0 +1,152 @@
+"""EEG-MiC students: shapes, budget, save/load round trip, exact counting, export ops."""
+
+import pytest
+import torch
+from torch import nn
+
+from dlink.errors import CheckpointError, ConfigError
+from dlink.nn_utils import count_macs, count_parameters
+from dlink.signal import SignalSpec
+from dlink.student import (
+    DEFAULT_STUDENT,
+    STUDENTS,
+    available_models,
+    build_student,
+    load_student,
+    save_student,
+)
+
+SMALL = SignalSpec(ch_names=("Fz", "Cz", "Pz", "Oz"), sfreq=200.0, n_times=400)  # N = 2
+EEGMAT = SignalSpec(ch_names=tuple(f"E{i}" for i in range(19)), sfreq=200.0, n_times=1000)
+D_TEACHER = 200
+
+# ONNX ops an int8 deployment handles without float islands (BatchNormalization only if
+# it was not folded into the preceding Conv).
+INT8_FRIENDLY = {
+    "Conv", "Gemm", "MatMul", "Add", "Relu", "Clip", "BatchNormalization", "Reshape",
+    "Transpose", "Flatten", "AveragePool", "GlobalAveragePool", "MaxPool", "Concat",
+    "Squeeze", "Unsqueeze", "Identity", "Constant", "Pad",
+}  # fmt: skip
+
+
+def _warm(model: nn.Module, signal: SignalSpec) -> nn.Module:
+    """One train-mode pass so BatchNorm running stats are not the identity, then eval."""
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, signal.n_chans, signal.n_times))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_student_shapes(name):
+    model = build_student(name, SMALL, n_outputs=3, d_teacher=D_TEACHER).eval()
+    x = torch.randn(2, SMALL.n_chans, SMALL.n_times)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, SMALL.n_chans, 2, D_TEACHER)  # (B, C, N, d)
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+    assert model(x).shape == (2, 3)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+
+
+def test_default_student_fits_the_budget():
+    model = build_student(DEFAULT_STUDENT, EEGMAT, n_outputs=2)
+    assert count_parameters(model) <= 100_000  # <= 1/50 of CBraMod base (4.9M)
+    assert model.mimics_teacher
+
+
+# one non-default option per architecture, to check that overrides survive the round trip
+OVERRIDE = {"eegnet": {"f1": 4}, "shallowconvnet": {"n_filters": 8}}
+
+
+@pytest.mark.parametrize("name", sorted(available_models()))
+def test_save_load_round_trip_is_exact(tmp_path, name):
+    option = OVERRIDE.get(name, {"width": 8})
+    model = _warm(build_student(name, SMALL, 2, class_names=["rest", "task"], **option), SMALL)
+    save_student(model, tmp_path / name)
+    loaded = load_student(tmp_path / name)
+    x = torch.randn(3, SMALL.n_chans, SMALL.n_times)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.signal == SMALL and loaded.class_names == ["rest", "task"]
+    assert loaded.config == model.config
+    assert option.items() <= loaded.config["kwargs"].items()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return save_student(build_student("mic-xs", SMALL, 2), tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "model.safetensors").unlink(), "missing"),
+        (lambda d: (d / "config.json").unlink(), "missing"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: _truncate(d / "model.safetensors"), "corrupted or truncated"),
+        (lambda d: _edit_config(d, arch="mic-xxl"), "unknown arch"),
+        (lambda d: _edit_config(d, kwargs={"rank": 7}), "does not match"),
+    ],
+)
+def test_damaged_checkpoint_raises_one_line_checkpoint_error(saved, damage, message):
+    damage(saved)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_student(saved)
+    assert "\n" not in str(info.value)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _edit_config(directory, **changes):
+    import json
+
+    cfg = json.loads((directory / "config.json").read_text())
+    for key, value in changes.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
+def test_bad_names_options_and_inputs_say_what_to_do():
+    with pytest.raises(ConfigError, match="unknown student 'mic-xxl'"):
+        build_student("mic-xxl", SMALL, 2)
+    with pytest.raises(ConfigError, match="no option"):
+        build_student("mic-s", SMALL, 2, depth=3)
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        build_student("mic-s", SignalSpec(("Cz",), 200.0, 450), 2)
+    with pytest.raises(ValueError, match=r"expects input \(B, 4, 400\)"):
+        build_student("mic-s", SMALL, 2)(torch.randn(1, 3, 400))
+
+
+def test_macs_are_counted_exactly():
+    conv = nn.Conv1d(4, 6, kernel_size=5, stride=2, groups=2)  # out (1, 6, 48)
+    assert count_macs(conv, torch.randn(1, 4, 100)) == 6 * 48 * (4 // 2) * 5
+    lin = nn.Linear(10, 7)
+    assert count_macs(lin, torch.randn(3, 10)) == 3 * 10 * 7
+    assert count_parameters(lin) == 77
+    model = build_student("mic-xs", SMALL, 2)
+    assert count_macs(model, torch.randn(1, 4, 400)) > 0
+    assert model.training, "count_macs restores the training mode"
+
+
+def test_default_student_exports_to_int8_friendly_onnx(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = _warm(build_student(DEFAULT_STUDENT, EEGMAT, 2), EEGMAT)
+    x = torch.randn(1, EEGMAT.n_chans, EEGMAT.n_times)
+    path = tmp_path / "student.onnx"
+    torch.onnx.export(model, (x,), path, dynamo=True, input_names=["eeg"], verbose=False)
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert ops <= INT8_FRIENDLY, f"float-only ops in the graph: {ops - INT8_FRIENDLY}"
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"eeg": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y), model(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_default_student_converts_with_litert(tmp_path):
+    litert_torch = pytest.importorskip("litert_torch")
+    model = _warm(build_student(DEFAULT_STUDENT, EEGMAT, 2), EEGMAT)
+    x = torch.randn(1, EEGMAT.n_chans, EEGMAT.n_times)
+    edge = litert_torch.convert(model, (x,))
+    torch.testing.assert_close(torch.as_tensor(edge(x)), model(x).detach(), rtol=1e-5, atol=1e-5)
