@@ -156,6 +156,7 @@ def distill_loss(
     student_feats: torch.Tensor | None = None,
     teacher_feats: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
+    class_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All DLink loss terms and their weighted total.
 
@@ -167,6 +168,7 @@ def distill_loss(
     student_feats : (B, C, N, d) student mimic representation (``forward_features``).
     teacher_feats : (B, C, N, d) routed teacher target (``RoutedFeatures.features``).
     teacher_logits : (B, K) teacher logits, needed when ``cfg.kd_weight > 0``.
+    class_weight : optional (K,) weights of the cross-entropy (imbalanced classes).
 
     Returns
     -------
@@ -176,7 +178,8 @@ def distill_loss(
     """
     zero = logits.new_zeros(())
     terms = {
-        "ce": F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing),
+        "ce": F.cross_entropy(logits, labels, weight=class_weight,
+                              label_smoothing=cfg.label_smoothing),
         "mimic": zero,
         "mag": zero,
         "phase": zero,

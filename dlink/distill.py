@@ -1,0 +1,216 @@
+"""DLink distillation (`dlink distill`): Router + EEG-MiC student + spectral losses.
+
+One epoch, read top to bottom:
+1. the frozen teacher's per-layer tokens of every window are computed once and cached in
+   memory as float16 (`cache_teacher`), with its logits (for logit KD);
+2. per batch, the router (or a fixed selector, for ablations) mixes the cached layers into
+   a target (B, C, N, d); the student maps the raw window to its mimic representation
+   (B, C, N, d) and to logits;
+3. loss = CE + α·mimic + λ1·|FFT| + λ2·phase (+ KD), see `dlink.losses`.
+Teacher and router exist only here; the saved student folder is all that export needs.
+
+Methods (`METHODS`) name a router and a loss preset, so every benchmark row is the same
+code with different settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dlink import distributed as dist
+from dlink.data import Split, Windows
+from dlink.errors import ConfigError
+from dlink.losses import build_loss, distill_loss
+from dlink.metrics import compute_metrics, selection_metric
+from dlink.router import build_router
+from dlink.student import build_student, load_student, save_student
+from dlink.teacher import load_teacher, patchify
+from dlink.training import TrainConfig, class_weights, predict_logits, train_loop
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark row: which router builds the target and which loss preset is used."""
+
+    router: str | None  # "router", "average", "last" or None (no feature target)
+    loss: str  # a `dlink.losses.LOSSES` preset
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "dlink": Method("router", "dlink", "Router + mimic + spectral magnitude/phase (full DLink)"),
+    "dlink-no-spectral": Method("router", "mimic", "Router + mimic, no spectral terms"),
+    "layer-avg": Method("average", "dlink", "uniform layer average instead of the Router"),
+    "fitnet": Method("last", "mimic", "FitNet-style feature KD on the last layer"),
+    "logit-kd": Method(None, "kd", "Hinton logit KD, no feature target"),
+    "no-kd": Method(None, "ce", "the student trained on labels only"),
+}
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Distillation settings."""
+
+    student: str = "mic-s"  # a student preset or a baseline (eegnet, shallowconvnet)
+    method: str = "dlink"  # a key of METHODS
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3  # students are small and start from scratch
+    lr_head: float = 2e-3  # router learning rate
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    class_weighted: bool = True  # inverse-frequency CE weights (EEGMAT is 3:1)
+    router_tau: float = 1.0  # softmax temperature of the router
+    input_scale: float = 0.01  # µV -> model units (µV / 100), the teacher's and student's
+
+
+@dataclass
+class TeacherCache:
+    """The frozen teacher's outputs for every window, computed once.
+
+    layers : (n, L, C, N, d) float16 per-layer tokens.
+    logits : (n, K) float32.
+    seconds : wall time it took (the cost a non-cached epoch would pay again).
+    """
+
+    layers: Tensor
+    logits: Tensor
+    seconds: float
+
+
+@torch.no_grad()
+def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
+                  batch_size: int = 64) -> TeacherCache:
+    """Run the teacher once over all windows and keep its layers (fp16) and logits."""
+    from dlink.console import track
+
+    t0 = time.perf_counter()
+    x = patchify(torch.from_numpy(windows.X * input_scale))  # (n, C, N, P)
+    layers, logits = [], []
+    starts = range(0, len(x), batch_size)
+    for i in track(starts, "teacher features", total=len(starts)):
+        hs = teacher.forward_layers(x[i : i + batch_size])
+        layers.append(torch.stack(hs, dim=1).half())  # (b, L, C, N, d)
+        logits.append(teacher.forward_head(hs[-1]).float())
+    return TeacherCache(torch.cat(layers), torch.cat(logits), time.perf_counter() - t0)
+
+
+class DistillObjective(torch.nn.Module):
+    """Student + router + loss as one module (so DDP can wrap the whole step)."""
+
+    def __init__(self, student, router, loss_name: str, label_smoothing: float,
+                 class_weight: Tensor | None):
+        super().__init__()
+        self.student, self.router = student, router
+        self.loss = build_loss(loss_name, label_smoothing=label_smoothing)
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def forward(self, x: Tensor, y: Tensor, layers: Tensor, t_logits: Tensor) -> dict[str, Tensor]:
+        """x (B, C, T) model units, y (B,), layers (B, L, C, N, d), t_logits (B, K)."""
+        needs_target = self.router is not None and self.loss.needs_features
+        feats = self.student.forward_features(x) if needs_target else None  # (B, C, N, d)
+        logits = self.student.forward_head(feats) if needs_target else self.student(x)
+        target = self.router(list(layers.float().unbind(1))).features if needs_target else None
+        terms = distill_loss(self.loss, logits, y, feats, target, t_logits,
+                             class_weight=self.class_weight)
+        terms["loss"] = terms.pop("total")
+        return terms
+
+
+def router_weights(router, cache: TeacherCache, index: np.ndarray) -> np.ndarray:
+    """(n, L) router weights of the given windows (the report shows means per class)."""
+    with torch.no_grad():
+        return torch.cat([router(list(cache.layers[index[i:i + 256]].float().unbind(1))).weights
+                          for i in range(0, len(index), 256)]).numpy()
+
+
+def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
+            cfg: DistillConfig | None = None, cache: TeacherCache | None = None) -> dict:
+    """Distil the fine-tuned teacher in ``teacher_dir`` into a student saved in ``out_dir``.
+
+    Parameters
+    ----------
+    teacher_dir : a fine-tuned teacher folder (``dlink finetune`` output).
+    windows, split : the data and its subject-wise split (train / select on val / test).
+    out_dir : receives the student (config.json, model.safetensors), metrics.json,
+        router_weights.npz, history and loss curve; a checkpoint makes it resumable.
+    cache : teacher outputs for ``windows`` if already computed (the benchmark reuses one
+        per fold across methods).
+
+    Returns
+    -------
+    metrics: ``{"val": {...}, "test": {...}, "parameters": ..., ...}``.
+    """
+    cfg = cfg or DistillConfig()
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    method = METHODS[cfg.method]
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    K = len(windows.class_names)
+    needs_teacher = method.router is not None or build_loss(method.loss).kd_weight > 0
+    if needs_teacher and cache is None:
+        cache = cache_teacher(load_teacher(teacher_dir), windows, cfg.input_scale)
+    idx = {part: np.flatnonzero(np.isin(windows.subject, subjects))
+           for part, subjects in split.to_dict().items()}
+    x = torch.from_numpy(windows.X * cfg.input_scale)  # (n, C, T)
+    y = torch.from_numpy(windows.y)
+    d_teacher = cache.layers.shape[-1] if cache is not None else 200
+    student = build_student(cfg.student, windows.signal, K, d_teacher=d_teacher,
+                            class_names=windows.class_names)
+    router_kw = {"tau": cfg.router_tau} if method.router == "router" else {}
+    router = (build_router(method.router, cache.layers.shape[1], d_teacher, **router_kw)
+              if method.router else None)
+    weight = class_weights(windows.y[idx["train"]], K) if cfg.class_weighted else None
+    objective = dist.wrap(DistillObjective(student, router, method.loss, cfg.label_smoothing, weight))
+    empty = torch.zeros(len(x), 0)
+
+    def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
+        b = idx["train"][batch]
+        layers = cache.layers[b] if cache is not None and method.router else empty[b]
+        t_logits = cache.logits[b] if cache is not None else None
+        return objective(x[b], y[b], layers, t_logits)
+
+    def evaluate() -> dict[str, float]:
+        m = compute_metrics(y[idx["val"]].numpy(), predict_logits(student, x[idx["val"]]))
+        return {k: m[k] for k in ("bacc", "auroc", "kappa")}
+
+    def save(epoch: int) -> None:
+        save_student(student, out_dir, class_names=windows.class_names)
+        if method.router == "router":  # per-window layer weights of the selected router
+            np.savez(out_dir / "router_weights.npz", weights=router_weights(router, cache, idx["test"]),
+                     y=windows.y[idx["test"]], class_names=np.array(windows.class_names))
+
+    router_params = list(router.parameters()) if router is not None else []
+    groups = [{"params": list(student.parameters()), "lr": cfg.lr}]
+    if router_params:
+        groups.append({"params": router_params, "lr": cfg.lr_head, "weight_decay": 0.0})
+    result = train_loop(
+        modules={"objective": objective}, param_groups=groups, n_train=len(idx["train"]), cfg=cfg,
+        loss_fn=loss_fn, evaluate=evaluate, select=selection_metric(K), on_best=save,
+        out_dir=out_dir, description=f"distill {cfg.student} ({cfg.method})",
+    )
+    best = load_student(out_dir)
+    from dlink.nn_utils import count_macs, count_parameters
+
+    metrics = {
+        "method": cfg.method, "student": cfg.student, "selected_epoch": result.best_epoch,
+        "val": compute_metrics(y[idx["val"]].numpy(), predict_logits(best, x[idx["val"]]),
+                               windows.class_names),
+        "test": compute_metrics(y[idx["test"]].numpy(), predict_logits(best, x[idx["test"]]),
+                                windows.class_names),
+        "parameters": count_parameters(best),
+        "macs": count_macs(best, x[:1]),
+        "teacher_cache_seconds": cache.seconds if cache is not None else None,
+        "split": split.to_dict(), "config": asdict(cfg),
+    }
+    if dist.is_main():
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
