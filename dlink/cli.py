@@ -195,7 +195,10 @@ def pretrain(
         f"pretrained {facts['model']} on {facts['train_hours']:.2f} h "
         f"({facts['train_windows']} windows): val MSE {facts['final_val_mse']:.4f} -> {out}"
     )
-    typer.echo(out_msg)
+    from dlink import distributed
+
+    if distributed.is_main():
+        typer.echo(out_msg)
 
 
 @app.command()
@@ -279,6 +282,10 @@ def _windows_and_split(data, data_dir, fold):
 
 
 def _print_metrics(what: str, metrics: dict) -> None:
+    from dlink import distributed
+
+    if not distributed.is_main():
+        return
     table = Table(title=f"{what}: selected epoch {metrics['selected_epoch']}")
     for col in ("part", "bacc", "auroc", "auprc", "kappa"):
         table.add_column(col)
@@ -289,12 +296,18 @@ def _print_metrics(what: str, metrics: dict) -> None:
 
 
 def _threads() -> None:
-    """Use every core for intra-op parallelism (torch defaults to physical cores)."""
+    """Per-process set-up of a training command: torch threads and, under torchrun, the
+    process group (gloo on CPU, nccl on GPU). ``DLINK_THREADS`` overrides the thread count
+    (1 is fastest when several jobs share the cores)."""
     import os
 
     import torch
 
-    torch.set_num_threads(int(os.environ.get("DLINK_THREADS", os.cpu_count() or 1)))
+    from dlink import distributed
+
+    distributed.init()
+    default = (os.cpu_count() or 1) // distributed.world_size()
+    torch.set_num_threads(int(os.environ.get("DLINK_THREADS", max(1, default))))
 
 
 def main() -> None:

@@ -31,8 +31,12 @@ def tiny_teacher(small_windows, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("stages")
     facts = pretrain(small_windows, root / "pre", PretrainConfig(preset="tiny", epochs=1, batch_size=16))
-    assert facts["excluded_test_subjects"] and not set(facts["excluded_test_subjects"]) & set(facts["train_subjects"])
-    metrics = finetune(root / "pre", small_windows, SPLIT, root / "ft", FinetuneConfig(epochs=1, batch_size=16))
+    assert facts["excluded_test_subjects"] and not set(facts["excluded_test_subjects"]) & set(
+        facts["train_subjects"]
+    )
+    metrics = finetune(
+        root / "pre", small_windows, SPLIT, root / "ft", FinetuneConfig(epochs=1, batch_size=16)
+    )
     assert set(metrics["test"]) >= {"bacc", "auroc", "auprc", "kappa", "f1_weighted"}
     return root / "ft"
 
@@ -65,8 +69,14 @@ def test_finetune_saves_a_loadable_teacher_with_metrics(tiny_teacher):
 def test_every_method_distils_a_loadable_student(method, tiny_teacher, small_windows, tmp_path):
     cache = cache_teacher(load_teacher(tiny_teacher), small_windows)
     out = tmp_path / method
-    m = distill(tiny_teacher, small_windows, SPLIT, out, DistillConfig(method=method, epochs=1, student="mic-xs"),
-                cache=cache)
+    m = distill(
+        tiny_teacher,
+        small_windows,
+        SPLIT,
+        out,
+        DistillConfig(method=method, epochs=1, student="mic-xs"),
+        cache=cache,
+    )
     student = load_student(out)
     assert student(torch.zeros(2, 19, 1000)).shape == (2, 2)
     assert 0 <= m["test"]["bacc"] <= 1 and m["parameters"] > 0 and m["macs"] > 0
