@@ -107,4 +107,29 @@ def pretrain(windows: Windows, out_dir: Path, cfg: PretrainConfig | None = None,
     }
     if dist.is_main():
         (out_dir / "pretrain.json").write_text(json.dumps(facts, indent=2))
+        (out_dir / "MODEL_CARD.md").write_text(model_card(facts))
     return facts
+
+
+def model_card(facts: dict) -> str:
+    """A short model card, generated from what the pre-training run saw."""
+    cfg = facts["config"]
+    return f"""# {facts['model']}, self-pretrained on {facts['train_hours']:.2f} hours of EEG
+
+CBraMod-architecture, self-pretrained on {facts['train_hours']:.2f} hours of EEG. This is **not**
+the published CBraMod (pre-trained on ~27,000 hours of TUEG); it is the same architecture
+({facts['parameters']:,} parameters) trained by `dlink pretrain` on far less data.
+
+- Data: {facts['data']}, {facts['train_windows']} windows of 5 s at 200 Hz, 19 channels, in µV/100,
+  from the training subjects {', '.join(facts['train_subjects'])} of the default split.
+- Never seen: the test subjects {', '.join(facts['excluded_test_subjects'])}; the validation
+  subjects {', '.join(facts['val_subjects'])} only scored the reconstruction loss.
+- Objective: CBraMod's masked-patch reconstruction (Bernoulli {cfg['mask_ratio']:.0%} patch mask,
+  MSE on masked patches), AdamW lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, cosine
+  schedule, batch {cfg['batch_size']}, {facts['epochs']} epochs = {facts['steps']} optimiser steps,
+  seed {cfg['seed']}.
+- Final masked-patch MSE: training {facts['final_train_mse']:.4f} (mean over the last epoch),
+  validation {facts['final_val_mse']:.4f} (fixed masks).
+- Files: `config.json` + `model.safetensors` (load with `dlink.teacher.load_teacher`),
+  `pretrain.json` (these facts), `loss_curve.png`.
+"""
