@@ -21,7 +21,7 @@ from torch import Tensor
 from dlink import distributed as dist
 from dlink.data import Windows, split_subjects
 from dlink.teacher import create_teacher, load_teacher, patchify, save_teacher
-from dlink.training import TrainConfig, train_loop
+from dlink.training import TrainConfig, epoch_batches, train_loop
 
 
 @dataclass
@@ -101,7 +101,7 @@ def pretrain(windows: Windows, out_dir: Path, cfg: PretrainConfig | None = None,
         "train_windows": len(train),
         "train_hours": round(len(train) * windows.n_times / windows.sfreq / 3600, 3),
         "epochs": cfg.epochs,
-        "steps": cfg.epochs * (len(train) // cfg.batch_size),
+        "steps": cfg.epochs * len(epoch_batches(len(train), cfg.batch_size, cfg.seed, 0)),
         "final_train_mse": last["train"]["loss"], "final_val_mse": last["val"]["val_mse"],
         "config": asdict(cfg),
     }
