@@ -63,6 +63,8 @@ def run_fold(k: int, args) -> None:
         bp.parent.mkdir(parents=True, exist_ok=True)
         bp.write_text(json.dumps({"test": compute_metrics(test.y, model.predict_proba(test.X)),
                                   "parameters": 19 * 5 * 2 + 2}, indent=1))
+    if args.only_teacher:
+        return log("teacher and band-power rows done")
     cache = None
     for row in STUDENT_ROWS + SCRATCH_ROWS:
         out = fold_dir / row
@@ -274,15 +276,19 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--latency-repeats", type=int, default=50)
+    p.add_argument("--only-teacher", action="store_true", help="run the teacher and band-power rows only")
     p.add_argument("--tables-only", action="store_true", help="skip training, rewrite tables")
     args = p.parse_args()
     folds = [int(f) for f in args.folds.split(",")]
+    if args.only_teacher:
+        args.tables_only = False
     if not args.tables_only:
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
             for r in [pool.apply_async(_fold_worker, (k, args)) for k in folds]:
                 r.get()
-    write_tables(Path(args.out), args, measure_latency(args.latency_repeats))
+    if not args.only_teacher:
+        write_tables(Path(args.out), args, measure_latency(args.latency_repeats))
 
 
 if __name__ == "__main__":
