@@ -191,7 +191,10 @@ def distill_loss(
                 "this loss needs student_feats and teacher_feats (alpha, lambda_mag or "
                 "lambda_phase > 0); pass them, or use the 'kd' or 'ce' preset."
             )
-        s, t = student_feats, teacher_feats.detach()
+        # No detach: the teacher's layers are frozen (cached without gradients), so the only
+        # gradient the target carries goes to the router, which is trained jointly with the
+        # student to mix the layers the student is asked to mimic.
+        s, t = student_feats, teacher_feats
         if cfg.mimic_norm:
             s, t = _token_norm(s), _token_norm(t)
         if cfg.alpha > 0:

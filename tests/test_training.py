@@ -94,3 +94,22 @@ def test_distill_resumes_from_its_checkpoint(tiny_teacher, small_windows, tmp_pa
     distill(tiny_teacher, small_windows, SPLIT, tmp_path, cfg)
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == first[0]
+
+
+def test_router_is_trained_by_the_distillation_loss():
+    """The routed target must carry gradients to the router (the teacher layers are frozen)."""
+    from dlink.distill import DistillObjective
+    from dlink.router import build_router
+    from dlink.signal import SignalSpec
+    from dlink.student import build_student
+
+    torch.manual_seed(0)
+    signal = SignalSpec(tuple(f"c{i}" for i in range(19)), 200.0, 1000)
+    student = build_student("mic-xs", signal, 2, d_teacher=40)
+    router = build_router("router", 3, 40)
+    objective = DistillObjective(student, router, "dlink", 0.0, None)
+    layers = torch.randn(4, 3, 19, 5, 40)
+    terms = objective(torch.randn(4, 19, 1000), torch.tensor([0, 1, 0, 1]), layers, None)
+    terms["loss"].backward()
+    grads = [p.grad for p in router.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
