@@ -140,28 +140,54 @@ def data_fetch(
 
 @app.command()
 def pipeline(
-    data: Annotated[str, typer.Option(help="Data set name or .npz path.")] = "eegmat",
+    preset: Annotated[
+        str, typer.Option(help="default (about 15 min on 2 cores) or smoke (about 2 min).")
+    ] = "default",
+    data: Annotated[str | None, typer.Option(help="Data set name or .npz path (default: eegmat).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder; re-running skips unchanged stages.")
+    ] = Path("runs/pipeline"),
+    teacher_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Pre-trained backbone (official/braindecode .pth or our folder); default: the committed one."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """The main job. For now: load the data set and summarise it with its default split."""
-    from dlink.data import load_windows, split_subjects
+    """The main job: fine-tune the teacher, distil the DLink student, export int8 ONNX/TFLite
+    with a calibration set, profile on this machine against every board budget, stream one
+    held-out recording through the edge runtime, and write OUT/report.html.
 
-    windows = load_windows(data, data_dir=data_dir)
-    summary = windows.summary()
-    split = split_subjects(windows)
-    out.print(
-        f"[bold]{summary['name']}[/]: {summary['n_windows']} windows "
-        f"({', '.join(f'{k} {v}' for k, v in summary['windows_per_class'].items())}), "
-        f"{summary['n_channels']} channels at {summary['sfreq']:g} Hz, "
-        f"{summary['window_s']:g} s windows, {summary['n_subjects']} subjects"
-    )
-    for part, subjects in split.to_dict().items():
-        n = len(windows.of_subjects(subjects))
-        out.print(f"  {part:5s}: {len(subjects):2d} subjects, {n:4d} windows ({', '.join(subjects)})")
+    Every stage is also its own command (dlink finetune, dlink distill, dlink-export,
+    dlink-edge); a stage whose inputs and settings are unchanged is skipped.
+    """
+    from dlink.pipeline import Pipeline, resolve_config
+
+    _threads()
+    cfg = resolve_config(preset, data=data, teacher_weights=str(teacher_weights) if teacher_weights else None)
+    metrics = Pipeline(cfg, out, data_dir).run()
+    out_table = Table(title=f"pipeline ({preset}) -> {out}")
+    out_table.add_column("what")
+    out_table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str)):
+            out_table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(out_table)
+    console.print(f"report: {out / 'report.html'}")
 
 
 Out = Annotated[Path, typer.Option("--out", help="Output folder (resumes if it holds a checkpoint).")]
 Seed = Annotated[int, typer.Option(help="Random seed (data order, masks, initialisation).")]
+Subjects = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated subject ids to keep (e.g. 00,01,02,33,34), applied before the "
+        "split. Default: all."
+    ),
+]
+BatchSize = "Windows per optimiser step, over all processes (torchrun splits it across them)."
 
 
 @app.command()
@@ -170,12 +196,14 @@ def pretrain(
     preset: Annotated[str, typer.Option(help="Teacher size: base, small or tiny.")] = "small",
     out: Out = Path("runs/pretrain"),
     epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Windows per optimiser step.")] = 64,
+    batch_size: Annotated[int, typer.Option(help=BatchSize)] = 64,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-4,
+    dropout: Annotated[float, typer.Option(help="Dropout of a teacher built from scratch.")] = 0.1,
     teacher_weights: Annotated[
         Path | None, typer.Option(help="Start from these weights (official .pth, braindecode or our folder).")
     ] = None,
     seed: Seed = 0,
+    subjects: Subjects = None,
     data_dir: DataDir = None,
 ) -> None:
     """Self-supervised pre-training (masked-patch reconstruction) of the teacher.
@@ -184,13 +212,14 @@ def pretrain(
     used. Writes config.json + model.safetensors, pretrain.json, loss_curve.png; re-running
     with the same --out resumes from its checkpoint.
     """
-    from dlink.data import load_windows
     from dlink.pretrain import PretrainConfig
     from dlink.pretrain import pretrain as run
 
     _threads()
-    cfg = PretrainConfig(preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    facts = run(load_windows(data, data_dir=data_dir), out, cfg, init_weights=teacher_weights)
+    cfg = PretrainConfig(
+        preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dropout=dropout
+    )
+    facts = run(_load(data, data_dir, subjects), out, cfg, init_weights=teacher_weights)
     out_msg = (
         f"pretrained {facts['model']} on {facts['train_hours']:.2f} h "
         f"({facts['train_windows']} windows): val MSE {facts['final_val_mse']:.4f} -> {out}"
@@ -209,11 +238,12 @@ def finetune(
     data: Annotated[str, typer.Option(help="Data set name or .npz path.")] = "eegmat",
     out: Out = Path("runs/teacher"),
     epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Windows per optimiser step.")] = 32,
+    batch_size: Annotated[int, typer.Option(help=BatchSize)] = 32,
     fold: Annotated[
         int | None, typer.Option(help="Use fold K of the 6-fold subject split instead of the default split.")
     ] = None,
     seed: Seed = 0,
+    subjects: Subjects = None,
     data_dir: DataDir = None,
 ) -> None:
     """Fine-tune the teacher on labelled windows (CBraMod's recipe), select on validation.
@@ -225,7 +255,7 @@ def finetune(
     from dlink.finetune import finetune as run
 
     _threads()
-    windows, split = _windows_and_split(data, data_dir, fold)
+    windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, seed=seed)
     metrics = run(teacher or default_backbone(), windows, split, out, cfg)
     _print_metrics("teacher", metrics)
@@ -248,8 +278,10 @@ def distill(
         str, typer.Option(help="dlink, dlink-no-spectral, layer-avg, fitnet, logit-kd or no-kd.")
     ] = "dlink",
     epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 30,
+    batch_size: Annotated[int, typer.Option(help=BatchSize)] = 32,
     fold: Annotated[int | None, typer.Option(help="Use fold K of the 6-fold subject split.")] = None,
     seed: Seed = 0,
+    subjects: Subjects = None,
     data_dir: DataDir = None,
 ) -> None:
     """Distil a fine-tuned teacher into a small student (Router + mimic + spectral losses).
@@ -262,8 +294,8 @@ def distill(
     from dlink.distill import distill as run
 
     _threads()
-    windows, split = _windows_and_split(data, data_dir, fold)
-    cfg = DistillConfig(student=preset, method=method, epochs=epochs, seed=seed)
+    windows, split = _windows_and_split(data, data_dir, fold, subjects)
+    cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed)
     metrics = run(teacher, windows, split, out, cfg)
     _print_metrics(f"{preset} ({method})", metrics)
 
@@ -273,10 +305,40 @@ def default_backbone() -> Path:
     return Path(__file__).parent / "pretrained" / "cbramod-small-eegmat"
 
 
-def _windows_and_split(data, data_dir, fold):
-    from dlink.data import kfold_subjects, load_windows, split_subjects
+def _load(data, data_dir, subjects: str | None):
+    """The data set, restricted to ``subjects`` (comma-separated ids) when given; named data
+    sets read only those subjects' recordings."""
+    from dlink.data import DATASETS, load_windows
+    from dlink.errors import ConfigError
 
+    if subjects is None:
+        return load_windows(data, data_dir=data_dir)
+    wanted = [s.strip() for s in subjects.split(",") if s.strip()]
+    if data == "eegmmidb":  # numbered 1..109 (S001 accepted)
+        try:
+            ids = [int(s.upper().removeprefix("S")) for s in wanted]
+        except ValueError as exc:
+            raise ConfigError(f"--subjects for eegmmidb are numbers 1..109, got {subjects!r}") from exc
+        return load_windows(data, data_dir=data_dir, subjects=ids)
+    if hasattr(DATASETS.get(data), "subject_ids"):
+        known = DATASETS[data].subject_ids()
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            raise ConfigError(f"--subjects names {', '.join(unknown)}, not a subject of {data} "
+                              f"({known[0]}..{known[-1]})")
+        return load_windows(data, data_dir=data_dir, subjects=wanted)
     windows = load_windows(data, data_dir=data_dir)
+    unknown = sorted(set(wanted) - set(windows.subjects))
+    if unknown:
+        raise ConfigError(f"--subjects names {', '.join(unknown)}, not in {data} "
+                          f"(it has {', '.join(windows.subjects[:8])}...)")
+    return windows.of_subjects(wanted)
+
+
+def _windows_and_split(data, data_dir, fold, subjects=None):
+    from dlink.data import kfold_subjects, split_subjects
+
+    windows = _load(data, data_dir, subjects)
     split = split_subjects(windows) if fold is None else kfold_subjects(windows)[fold]
     return windows, split
 
@@ -296,18 +358,57 @@ def _print_metrics(what: str, metrics: dict) -> None:
 
 
 def _threads() -> None:
-    """Per-process set-up of a training command: torch threads and, under torchrun, the
-    process group (gloo on CPU, nccl on GPU). ``DLINK_THREADS`` overrides the thread count
-    (1 is fastest when several jobs share the cores)."""
+    """Per-process set-up of a training command: under torchrun the process group (gloo on
+    CPU, nccl on GPU) and progress bars on rank 0 only; torch threads = cores / processes on
+    this machine. ``DLINK_THREADS`` overrides the thread count (1 is fastest when several
+    jobs share the cores)."""
     import os
 
     import torch
 
     from dlink import distributed
+    from dlink.console import enable_progress
 
     distributed.init()
-    default = (os.cpu_count() or 1) // distributed.world_size()
+    enable_progress(distributed.is_main())  # one progress bar, rank 0's
+    default = (os.cpu_count() or 1) // distributed.local_world_size()
     torch.set_num_threads(int(os.environ.get("DLINK_THREADS", max(1, default))))
+
+
+@app.command("check")
+def check_cmd(
+    current: Annotated[Path, typer.Argument(
+        help="Pipeline output folder (its metrics.json, else computed from its files) or a "
+        "metrics.json.", show_default=False)],
+    baseline: Annotated[Path, typer.Option(
+        "--baseline", help="Committed metrics.json of a trusted run (same schema).",
+        show_default=False)],
+    max_size_growth: Annotated[float, typer.Option(
+        help="Percent a model file may grow.")] = 10.0,
+    max_latency_growth: Annotated[float, typer.Option(
+        help="Percent the latency ratio (model p50 / reference p50) may grow.")] = 25.0,
+    max_bacc_drop: Annotated[float, typer.Option(
+        help="Test balanced accuracy it may lose (absolute, 0.02 = two points).")] = 0.02,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the result as JSON here ('-' for stdout).",
+        show_default=False)] = None,
+) -> None:
+    """CI regression gate: exit 0 if no metric regressed beyond its tolerance, 3 if one did."""
+    import sys
+
+    from dlink.gate import EXIT_REGRESSION, Tolerances, check, result_table
+
+    result = check(current, baseline, Tolerances(max_size_growth, max_latency_growth, max_bacc_drop))
+    Console(stderr=json_out is not None and str(json_out) == "-").print(result_table(result))
+    if json_out is not None:
+        text = json.dumps(result.to_dict(), indent=2)
+        if str(json_out) == "-":
+            print(text)
+        else:
+            json_out.write_text(text + "\n", encoding="utf-8")
+    if not result.passed:
+        print(f"dlink check: {result.summary()}", file=sys.stderr)
+        raise typer.Exit(EXIT_REGRESSION)
 
 
 def main() -> None:

@@ -93,12 +93,13 @@ def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
 
     t0 = time.perf_counter()
     x = patchify(torch.from_numpy(windows.X * input_scale))  # (n, C, N, P)
+    dev = next(teacher.parameters()).device  # the cache itself stays on the CPU
     layers, logits = [], []
     starts = range(0, len(x), batch_size)
     for i in track(starts, "teacher features", total=len(starts)):
-        hs = teacher.forward_layers(x[i : i + batch_size])
-        layers.append(torch.stack(hs, dim=1).half())  # (b, L, C, N, d)
-        logits.append(teacher.forward_head(hs[-1]).float())
+        hs = teacher.forward_layers(x[i : i + batch_size].to(dev))
+        layers.append(torch.stack(hs, dim=1).half().cpu())  # (b, L, C, N, d)
+        logits.append(teacher.forward_head(hs[-1]).float().cpu())
     return TeacherCache(torch.cat(layers), torch.cat(logits), time.perf_counter() - t0)
 
 
@@ -124,11 +125,13 @@ class DistillObjective(torch.nn.Module):
         return terms
 
 
-def router_weights(router, cache: TeacherCache, index: np.ndarray) -> np.ndarray:
+def router_weights(router, cache: TeacherCache, index: np.ndarray,
+                   device: torch.device | None = None) -> np.ndarray:
     """(n, L) router weights of the given windows (the report shows means per class)."""
     with torch.no_grad():
-        return torch.cat([router(list(cache.layers[index[i:i + 256]].float().unbind(1))).weights
-                          for i in range(0, len(index), 256)]).numpy()
+        return torch.cat([
+            router(list(cache.layers[index[i:i + 256]].to(device=device).float().unbind(1))).weights.cpu()
+            for i in range(0, len(index), 256)]).numpy()
 
 
 def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
@@ -156,8 +159,9 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)
     needs_teacher = method.router is not None or build_loss(method.loss).kd_weight > 0
+    dev = dist.device()
     if needs_teacher and cache is None:
-        cache = cache_teacher(load_teacher(teacher_dir), windows, cfg.input_scale)
+        cache = cache_teacher(load_teacher(teacher_dir).to(dev), windows, cfg.input_scale)
     idx = {part: np.flatnonzero(np.isin(windows.subject, subjects))
            for part, subjects in split.to_dict().items()}
     x = torch.from_numpy(windows.X * cfg.input_scale)  # (n, C, T)
@@ -169,23 +173,31 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     router = (build_router(method.router, cache.layers.shape[1], d_teacher, **router_kw)
               if method.router else None)
     weight = class_weights(windows.y[idx["train"]], K) if cfg.class_weighted else None
-    objective = dist.wrap(DistillObjective(student, router, method.loss, cfg.label_smoothing, weight))
+    objective = dist.wrap(
+        DistillObjective(student, router, method.loss, cfg.label_smoothing, weight).to(dev))
     empty = torch.zeros(len(x), 0)
 
     def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
         b = idx["train"][batch]
         layers = cache.layers[b] if cache is not None and method.router else empty[b]
-        t_logits = cache.logits[b] if cache is not None else None
-        return objective(x[b], y[b], layers, t_logits)
+        t_logits = cache.logits[b].to(dev) if cache is not None else None
+        terms = objective(x[b].to(dev), y[b].to(dev), layers.to(dev), t_logits)
+        if weight is not None:  # the CE is a weighted mean: normalise by the global sum of weights
+            f = dist.share_of_total(float(weight[y[b]].sum()))
+            if f != 1.0:
+                terms["loss"] = terms["loss"] + (f - 1.0) * terms["ce"]
+                terms["ce"] = terms["ce"] * f
+        return terms
 
     def evaluate() -> dict[str, float]:
-        m = compute_metrics(y[idx["val"]].numpy(), predict_logits(student, x[idx["val"]]))
+        m = compute_metrics(y[idx["val"]].numpy(), predict_logits(student, x[idx["val"]], device=dev))
         return {k: m[k] for k in ("bacc", "auroc", "kappa")}
 
     def save(epoch: int) -> None:
         save_student(student, out_dir, class_names=windows.class_names)
         if method.router == "router":  # per-window layer weights of the selected router
-            np.savez(out_dir / "router_weights.npz", weights=router_weights(router, cache, idx["test"]),
+            np.savez(out_dir / "router_weights.npz",
+                     weights=router_weights(router, cache, idx["test"], device=dev),
                      y=windows.y[idx["test"]], class_names=np.array(windows.class_names))
 
     router_params = list(router.parameters()) if router is not None else []
@@ -197,6 +209,8 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         loss_fn=loss_fn, evaluate=evaluate, select=selection_metric(K), on_best=save,
         out_dir=out_dir, description=f"distill {cfg.student} ({cfg.method})",
     )
+    if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
+        return dist.broadcast_object(None)
     best = load_student(out_dir)
     from dlink.nn_utils import count_macs, count_parameters
 
@@ -211,6 +225,5 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         "teacher_cache_seconds": cache.seconds if cache is not None else None,
         "split": split.to_dict(), "config": asdict(cfg),
     }
-    if dist.is_main():
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return dist.broadcast_object(metrics)

@@ -55,17 +55,21 @@ def finetune(teacher_weights: Path, windows: Windows, split: Split, out_dir: Pat
     model = load_teacher(teacher_weights, head_dropout=cfg.dropout, dropout=cfg.dropout)
     model.reset_classifier(K)  # a fresh task head on the pre-trained backbone
     model.signal = windows.signal
-    net = dist.wrap(model)
-    weight = class_weights(train.y, K) if cfg.class_weighted else None
+    dev = dist.device()
+    net = dist.wrap(model.to(dev))
+    weight = class_weights(train.y, K).to(dev) if cfg.class_weighted else None
     select = selection_metric(K)
 
     def loss_fn(idx: np.ndarray) -> dict[str, Tensor]:
-        logits = net(x_train[idx])
-        return {"loss": torch.nn.functional.cross_entropy(
-            logits, y_train[idx], weight=weight, label_smoothing=cfg.label_smoothing)}
+        y = y_train[idx].to(dev)
+        loss = torch.nn.functional.cross_entropy(
+            net(x_train[idx].to(dev)), y, weight=weight, label_smoothing=cfg.label_smoothing)
+        if weight is not None:  # a weighted mean: normalise by the global sum of weights
+            loss = loss * dist.share_of_total(float(weight[y].sum()))
+        return {"loss": loss}
 
     def evaluate() -> dict[str, float]:
-        m = compute_metrics(val.y, predict_logits(model, x_val))
+        m = compute_metrics(val.y, predict_logits(model, x_val, device=dev))
         return {k: m[k] for k in ("bacc", "auroc", "kappa")}
 
     def save(epoch: int) -> None:
@@ -81,13 +85,14 @@ def finetune(teacher_weights: Path, windows: Windows, split: Split, out_dir: Pat
         n_train=len(x_train), cfg=cfg, loss_fn=loss_fn, evaluate=evaluate, select=select,
         on_best=save, out_dir=out_dir, description="finetune teacher",
     )
-    best = load_teacher(out_dir)
+    if not dist.is_main():  # rank 0 wrote the selected model; the others receive its metrics
+        return dist.broadcast_object(None)
+    best = load_teacher(out_dir).to(dev)
     metrics = {
         "selected_epoch": result.best_epoch, "selection": select,
-        "val": compute_metrics(val.y, predict_logits(best, x_val), windows.class_names),
-        "test": compute_metrics(test.y, predict_logits(best, x_test), windows.class_names),
+        "val": compute_metrics(val.y, predict_logits(best, x_val, device=dev), windows.class_names),
+        "test": compute_metrics(test.y, predict_logits(best, x_test, device=dev), windows.class_names),
         "split": split.to_dict(), "config": asdict(cfg),
     }
-    if dist.is_main():
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return dist.broadcast_object(metrics)

@@ -6,8 +6,10 @@ resumption, model selection, the progress bar and the loss curve.
 
 Resumable: after every epoch the full state (modules, optimiser, epoch, history, selection,
 RNG) is written to ``OUT/checkpoint.pt`` (atomically) and a re-run continues from it.
-Distributed-ready: global batches are drawn from one seeded permutation; each process
-takes its share (``rank::world``), so N processes x B/N see the same windows as 1 x B.
+Distributed (torchrun, see `dlink.distributed`): global batches are drawn from one seeded
+permutation; each process takes an equal share (``rank::world``), so N processes x B/N see
+the same windows as 1 x B (``batch_size`` is global). The modules are DDP-wrapped by the
+stage; rank 0 alone writes, and on resume reads the checkpoint and sends it to the others.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 
 from dlink import distributed as dist
 from dlink.console import LossBar
-from dlink.errors import CheckpointError
+from dlink.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -51,12 +53,18 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """Global batches of one epoch: a permutation seeded by (seed, epoch); last one dropped
-    if it would hold fewer than 2 windows (BatchNorm needs 2)."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1) -> list[np.ndarray]:
+    """Global batches of one epoch: a permutation seeded by (seed, epoch).
+
+    For ``world`` processes the last batch is cut to a multiple of ``world`` (every process
+    gets an equal share; at most world - 1 windows per epoch are left out) and dropped if a
+    share would hold fewer than 2 windows (BatchNorm needs 2). One process: only a last batch
+    of 1 window is dropped.
+    """
     order = np.random.default_rng([seed, epoch]).permutation(n)
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    return [b for b in batches if len(b) >= 2]
+    batches = [b[: len(b) - len(b) % world] for b in batches]
+    return [b for b in batches if len(b) >= 2 * world]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -128,7 +136,8 @@ def train_loop(
     modules : the trained modules by name (saved in the checkpoint; DDP-wrapped by the caller).
     param_groups : torch optimiser groups, each with its peak ``lr``.
     n_train : number of training windows (batches index into them).
-    loss_fn : batch indices (this process's share) -> dict of loss terms incl. ``"loss"``.
+    loss_fn : batch indices (this process's share; all shares of a step have equal length)
+        -> dict of loss terms incl. ``"loss"``.
     evaluate : -> validation metrics; None to skip validation.
     select : metric to maximise for model selection; None keeps the last epoch.
     on_best : called with the epoch when it becomes the selected one (save the model here).
@@ -136,18 +145,23 @@ def train_loop(
     """
     out_dir = Path(out_dir)
     rank, world = dist.rank(), dist.world_size()
+    if world > 1 and cfg.batch_size < 2 * world:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch: with {world} processes "
+                          f"it must be at least {2 * world} (2 windows per process)")
     if dist.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     for g in optimizer.param_groups:
         g["peak_lr"] = g["lr"]
-    steps_per_epoch = len(epoch_batches(n_train, cfg.batch_size, cfg.seed, 0))
+    steps_per_epoch = len(epoch_batches(n_train, cfg.batch_size, cfg.seed, 0, world))
     total_steps = cfg.epochs * steps_per_epoch
     result, start_epoch = LoopResult(), 0
 
-    if ckpt_path.is_file():  # resume
-        state = load_checkpoint(ckpt_path)
+    # Resume: rank 0 reads the checkpoint and sends it to all (other machines lack the file).
+    state = dist.broadcast_object(load_checkpoint(ckpt_path)
+                                  if dist.is_main() and ckpt_path.is_file() else None)
+    if state is not None:
         for name, module in modules.items():
             dist.unwrap(module).load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
@@ -163,7 +177,7 @@ def train_loop(
             for m in modules.values():
                 m.train()
             sums: dict[str, float] = {}
-            for batch in epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch):
+            for batch in epoch_batches(n_train, cfg.batch_size, cfg.seed, epoch, world):
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(step, total_steps, g["peak_lr"], cfg.warmup_frac)
                 terms = loss_fn(batch[rank::world])
@@ -209,9 +223,11 @@ def train_loop(
 
 
 @torch.no_grad()
-def predict_logits(forward: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 64) -> np.ndarray:
-    """Logits (n, K) of ``forward`` over ``x`` in batches, as float32 numpy."""
-    return torch.cat([forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).float().numpy()
+def predict_logits(forward: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 64,
+                   device: torch.device | None = None) -> np.ndarray:
+    """Logits (n, K) of ``forward`` over ``x`` in batches (moved to ``device``), as float32 numpy."""
+    return torch.cat([forward(x[i : i + batch_size].to(device=device)).cpu()
+                      for i in range(0, len(x), batch_size)]).float().numpy()
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> Tensor:

@@ -1,0 +1,273 @@
+"""`dlink pipeline`: the main job, from recorded EEG to a profiled int8 model and a report.
+
+Stages, each also a command of its own:
+
+    data -> teacher (dlink finetune) -> student (dlink distill)
+         -> export (dlink-export: calibration set, int8 ONNX + int8 TFLite + C array)
+         -> profile (dlink-edge profile / check for every shipped board)
+         -> stream (dlink-edge run on one held-out recording) -> report
+
+A stage is skipped when its content key — a hash of its settings and of everything it
+consumes (data, upstream stage keys, weights) — matches the one recorded in
+``OUT/pipeline.json``; a changed input re-runs it and everything downstream. An
+interrupted stage resumes (training stages from their checkpoint). Export, profiling and
+streaming run the real command-line tools in subprocesses, exactly as a firmware team
+would, which also keeps the one-way imports (dlink never imports export or edge_runtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from dlink.console import stderr
+from dlink.errors import ConfigError, DLinkError
+
+BOARDS = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano")
+REFERENCE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "reference"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of one pipeline run (a preset, then command-line overrides)."""
+
+    data: str = "eegmat"  # data set name or .npz path
+    subjects: tuple[str, ...] | None = None  # restrict to these subjects (None: all)
+    teacher_weights: str | None = None  # pre-trained backbone (None: the committed one)
+    teacher_epochs: int = 2  # fine-tuning passes (CBraMod uses 50; budget: 15 min on 2 cores)
+    student: str = "mic-s"  # student preset
+    method: str = "dlink"  # distillation method (dlink.distill.METHODS)
+    student_epochs: int = 20
+    n_calib: int = 256  # calibration windows
+    profile_windows: int = 200  # timed windows per profile
+    seed: int = 0
+
+
+PRESETS = {
+    "default": PipelineConfig(),
+    "smoke": PipelineConfig(subjects=("00", "01", "02", "03", "31", "35"), teacher_epochs=1,
+                            student="mic-xs", student_epochs=2, n_calib=32, profile_windows=20),
+}
+
+
+@dataclass
+class _Record:
+    key: str
+    status: str = "running"
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str:
+    from dlink.data.checksums import sha256_file
+
+    return sha256_file(path)
+
+
+class Pipeline:
+    """Runs the stages into ``out`` and records what it did in ``out/pipeline.json``."""
+
+    def __init__(self, cfg: PipelineConfig, out: Path, data_dir: Path | None = None):
+        self.cfg, self.out, self.data_dir = cfg, Path(out), data_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.record_path = self.out / "pipeline.json"
+        saved = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+        self.records = {k: _Record(**v) for k, v in saved.get("stages", {}).items()}
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    def _save(self) -> None:
+        self.record_path.write_text(json.dumps(
+            {"config": asdict(self.cfg), "stages": {k: asdict(v) for k, v in self.records.items()}},
+            indent=2))
+
+    def stage(self, name: str, key: str, outputs: list[Path], run) -> None:
+        """Run ``run()`` unless ``name`` already finished with ``key``; resume a stage that
+        was interrupted with the same key; start over (deleting ``outputs``) otherwise."""
+        rec = self.records.get(name)
+        if rec and rec.key == key and rec.status == "done" and all(p.exists() for p in outputs):
+            stderr.print(f"[dim]{name}: unchanged, skipped[/]")
+            return
+        if not (rec and rec.key == key):
+            for p in outputs:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self.records[name] = _Record(key=key)
+        self._save()
+        stderr.print(f"[bold]{name}[/] ...")
+        t0 = time.perf_counter()
+        info = run() or {}
+        self.records[name] = _Record(key=key, status="done", seconds=round(time.perf_counter() - t0, 1),
+                                     info=info)
+        self._save()
+
+    def _tool(self, *args: str, stdout: Path | None = None, ok_codes=(0,)) -> subprocess.CompletedProcess:
+        """Run one of our command-line tools; a failure becomes a DLinkError naming it."""
+        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+        if stdout is not None:
+            stdout.write_text(proc.stdout)
+        if proc.returncode not in ok_codes:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise DLinkError(f"`{' '.join(args[:2])}` failed (exit {proc.returncode}): {tail}")
+        return proc
+
+    # --- the job ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        from dlink.data import load_windows, split_subjects
+
+        cfg = self.cfg
+        windows = load_windows(cfg.data, data_dir=self.data_dir)
+        if cfg.subjects:
+            missing = sorted(set(cfg.subjects) - set(windows.subjects))
+            if missing:
+                raise ConfigError(f"subjects {', '.join(missing)} are not in {cfg.data}")
+            windows = windows.of_subjects(cfg.subjects)
+        split = split_subjects(windows)
+        data_key = _hash(hashlib.sha256(windows.X.tobytes()).hexdigest(), windows.y.tolist(),
+                         windows.subject.tolist(), split.to_dict())
+        data_spec = self._data_stage(windows, split, data_key)
+
+        backbone = Path(cfg.teacher_weights) if cfg.teacher_weights else _default_backbone()
+        weights = backbone / "model.safetensors" if backbone.is_dir() else backbone
+        teacher_key = _hash(data_key, _file_sha(weights), cfg.teacher_epochs, cfg.seed)
+        self.stage("teacher", teacher_key, [self.out / "teacher"], lambda: self._teacher(
+            backbone, windows, split))
+        student_key = _hash(teacher_key, cfg.student, cfg.method, cfg.student_epochs)
+        self.stage("student", student_key, [self.out / "student"], lambda: self._student(windows, split))
+        export_key = _hash(student_key, cfg.n_calib, data_spec)
+        self.stage("export", export_key, [self.out / "export", self.out / "calibration.npz"],
+                   lambda: self._export(data_spec))
+        profile_key = _hash(export_key, cfg.profile_windows)
+        self.stage("profile", profile_key, [self.out / "profile"], self._profile)
+        stream_key = _hash(export_key, "stream")
+        self.stage("stream", stream_key, [self.out / "stream.jsonl", self.out / "stream.json"],
+                   lambda: self._stream(windows, split))
+        self.stage("report", _hash(profile_key, stream_key), [self.out / "report.html"], self._report)
+        return json.loads((self.out / "metrics.json").read_text())
+
+    def _data_stage(self, windows, split, data_key) -> str:
+        """Write data.json; a subset or a custom data set is also written as OUT/data.npz so
+        that dlink-export calibrates and gates on exactly this split."""
+        from dlink.data import DATASETS
+
+        summary = {**windows.summary(), "split": split.to_dict()}
+        summary.pop("windows_per_subject")
+        (self.out / "data.json").write_text(json.dumps(summary, indent=2))
+        if self.cfg.data in DATASETS and not self.cfg.subjects:
+            return self.cfg.data
+        path = self.out / "data.npz"
+        if not path.is_file() or self.records.get("data", _Record("")).key != data_key:
+            np.savez(path, X=windows.X, y=windows.y, subject=windows.subject, sfreq=windows.sfreq,
+                     ch_names=np.array(windows.ch_names), class_names=np.array(windows.class_names))
+            self.records["data"] = _Record(key=data_key, status="done")
+            self._save()
+        return str(path)
+
+    def _teacher(self, backbone, windows, split) -> dict:
+        from dlink.finetune import FinetuneConfig, finetune
+
+        m = finetune(backbone, windows, split, self.out / "teacher",
+                     FinetuneConfig(epochs=self.cfg.teacher_epochs, seed=self.cfg.seed))
+        return {"test_bacc": m["test"]["bacc"], "test_auroc": m["test"]["auroc"]}
+
+    def _student(self, windows, split) -> dict:
+        from dlink.distill import DistillConfig, distill
+
+        cfg = DistillConfig(student=self.cfg.student, method=self.cfg.method,
+                            epochs=self.cfg.student_epochs, seed=self.cfg.seed)
+        m = distill(self.out / "teacher", windows, split, self.out / "student", cfg)
+        return {"test_bacc": m["test"]["bacc"], "parameters": m["parameters"], "macs": m["macs"]}
+
+    def _export(self, data_spec: str) -> dict:
+        args = ["export.cli", str(self.out / "student"), "--out", str(self.out / "export"), "--force",
+                "--data", data_spec, "--n-calib", str(self.cfg.n_calib), "--seed", str(self.cfg.seed),
+                "--save-calib", str(self.out / "calibration.npz")]
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
+        self._tool(*args)
+        manifest = json.loads((self.out / "export" / "manifest.json").read_text())
+        return {a["path"]: a["bytes"] for a in manifest["artifacts"]}
+
+    def _profile(self) -> dict:
+        folder = self.out / "profile"
+        folder.mkdir(exist_ok=True)
+        model = str(self.out / "export")
+        common = ["--threads", "1", "--windows", str(self.cfg.profile_windows), "--json"]
+        if REFERENCE_MODEL.is_dir():
+            common += ["--reference", str(REFERENCE_MODEL)]
+        for backend in ("onnx", "tflite"):
+            self._tool("edge_runtime.cli", "profile", model, "--backend", backend, *common,
+                       stdout=folder / f"{backend}.json")
+        within = {}
+        for board in BOARDS:
+            proc = self._tool("edge_runtime.cli", "check", model, "--budget", board, *common,
+                              stdout=folder / f"budget_{board}.json", ok_codes=(0, 3))
+            within[board] = proc.returncode == 0
+        return {"within_budget": within}
+
+    def _stream(self, windows, split) -> dict:
+        """Stream one held-out recording through the int8 model: the EDF of a test subject for
+        EEGMAT, else that subject's windows back to back as raw float32 on stdin."""
+        subject = split.test[0]
+        edf = self._held_out_edf(subject)
+        out_jsonl = self.out / "stream.jsonl"
+        if edf is not None:
+            proc = self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--edf", str(edf),
+                              "--jsonl", stdout=out_jsonl)
+            truth, source = (0 if edf.stem.endswith("_1") else 1), edf.name
+        else:
+            held = windows.of_subjects([subject])
+            first = held.subset(held.y == held.y[0])
+            samples = np.concatenate(list(first.X), axis=1).T.astype("<f4")  # (T, C) interleaved
+            proc = subprocess.run(
+                [sys.executable, "-m", "edge_runtime.cli", "run", str(self.out / "export"), "--stdin",
+                 "--jsonl"], input=samples.tobytes(), capture_output=True)
+            if proc.returncode:
+                raise DLinkError(f"dlink-edge run --stdin failed: {proc.stderr.decode()[-300:]}")
+            out_jsonl.write_bytes(proc.stdout)
+            truth, source = int(held.y[0]), f"subject {subject} windows of class {held.y[0]}"
+        decisions = [json.loads(line) for line in out_jsonl.read_text().splitlines() if line.strip()]
+        accepted = [d for d in decisions if d.get("accepted", True)]
+        labels = [d.get("label") for d in accepted]
+        summary = {"source": source, "true_label": windows.class_names[truth], "decisions": len(decisions),
+                   "accepted": len(accepted),
+                   "fraction_correct": float(np.mean([lab == windows.class_names[truth] for lab in labels]))
+                   if labels else None}
+        (self.out / "stream.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _held_out_edf(self, subject: str) -> Path | None:
+        from dlink.data import data_root
+
+        if self.cfg.data != "eegmat":
+            return None
+        path = data_root(self.data_dir) / "eegmat" / f"Subject{subject}_2.edf"
+        return path if path.is_file() else None
+
+    def _report(self) -> dict:
+        from dlink.gate import write_gate_metrics
+        from dlink.report import write_report
+
+        metrics = write_gate_metrics(self.out)
+        return {"report": str(write_report(self.out)), "metrics": metrics}
+
+
+def _default_backbone() -> Path:
+    return Path(__file__).parent / "pretrained" / "cbramod-small-eegmat"
+
+
+def resolve_config(preset: str, **overrides) -> PipelineConfig:
+    """A preset with the given (non-None) fields replaced."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
