@@ -90,6 +90,10 @@ WarmupOpt = Annotated[int, typer.Option("--warmup", min=0, help="Untimed inferen
 ProfileEdfOpt = Annotated[Path | None, typer.Option(
     "--edf", help="Profile on this recording (default: seeded noise).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ReferenceOpt = Annotated[Path | None, typer.Option(
+    "--reference", help="Also time this model folder (e.g. bench/reference), interleaved with "
+    "the model, same backend/precision/threads; adds reference and latency_ratio "
+    "(model p50 / reference p50).")]
 
 
 def _format_result(r, class_names) -> str:
@@ -186,7 +190,8 @@ def run(
     _err_console().print(_stats_table(clf.stats, title))
 
 
-def _profile(model_dir, backend, precision, threads, windows, warmup, edf, allow_failed_gate):
+def _profile(model_dir, backend, precision, threads, windows, warmup, edf, allow_failed_gate,
+             reference=None):
     from edge_runtime.manifest import load_manifest
     from edge_runtime.profiling import profile_model
     from edge_runtime.sources import read_edf
@@ -197,7 +202,7 @@ def _profile(model_dir, backend, precision, threads, windows, warmup, edf, allow
         data = read_edf(edf, spec.ch_names, spec.sfreq).data
     return profile_model(model_dir, backend=backend.value, precision=precision.value,
                          threads=threads, n_windows=windows, warmup=warmup, data=data,
-                         allow_failed_gate=allow_failed_gate)
+                         allow_failed_gate=allow_failed_gate, reference=reference)
 
 
 def _profile_table(rep) -> Table:
@@ -218,6 +223,10 @@ def _profile_table(rep) -> Table:
         ("peak RSS", f"{rep.peak_rss_mb:.1f} MB"),
         ("windows timed (after warm-up)", f"{rep.n_windows} (+{rep.warmup})"),
     ]
+    if rep.reference is not None:
+        ref = rep.reference
+        rows += [(f"reference {ref['name']} latency p50", f"{ref['p50_ms']:.3f} ms"),
+                 ("latency ratio (model p50 / reference p50)", f"{rep.latency_ratio:.3f}")]
     for k, v in rows:
         table.add_row(k, v)
     return table
@@ -235,10 +244,11 @@ def profile(
     edf: ProfileEdfOpt = None,
     as_json: JsonOpt = False,
     allow_failed_gate: GateOpt = False,
+    reference: ReferenceOpt = None,
 ) -> None:
     """Load time, first inference, latency percentiles, throughput, overhead, peak RSS."""
     rep = _profile(model_dir, backend, precision, threads, windows, warmup, edf,
-                   allow_failed_gate)
+                   allow_failed_gate, reference)
     if as_json:
         print(json.dumps(rep.to_dict(), indent=2))
     else:
@@ -259,18 +269,20 @@ def check(
     edf: ProfileEdfOpt = None,
     as_json: JsonOpt = False,
     allow_failed_gate: GateOpt = False,
+    reference: ReferenceOpt = None,
 ) -> None:
     """Profile, then exit 0 within the budget or 3 over it, with measured vs budget."""
     from edge_runtime.budgets import check_budget, load_budget
 
     bud = load_budget(budget)
     rep = _profile(model_dir, backend, precision, threads, windows, warmup, edf,
-                   allow_failed_gate)
+                   allow_failed_gate, reference)
     rows = check_budget(rep, bud)
     ok = all(r.ok for r in rows)
     if as_json:
         print(json.dumps({"budget": bud.__dict__, "ok": ok,
                           "rows": [dict(r.__dict__, ok=r.ok) for r in rows],
+                          "latency_ratio": rep.latency_ratio,
                           "profile": rep.to_dict()}, indent=2))
     else:
         table = Table(title=f"{rep.artifact} on {rep.backend} vs budget {bud.name} "
@@ -283,6 +295,9 @@ def check(
                           f"{fmt.format(r.limit)} {r.unit}",
                           "[green]ok[/green]" if r.ok else "[red]OVER[/red]")
         Console().print(table)
+        if rep.latency_ratio is not None:
+            Console().print(f"latency ratio vs reference {rep.reference['name']}: "
+                            f"{rep.latency_ratio:.3f} (model p50 / reference p50)")
     if not ok:
         over = ", ".join(r.metric for r in rows if not r.ok)
         print(f"dlink-edge: over budget {bud.name}: {over}", file=sys.stderr)
