@@ -170,9 +170,19 @@ def pipeline(
     out_table = Table(title=f"pipeline ({preset}) -> {out}")
     out_table.add_column("what")
     out_table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        if isinstance(value, (int, float, str)):
-            out_table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    rows = {
+        "student": metrics["model"].get("arch"),
+        "parameters": metrics["model"].get("parameters"),
+        "MACs": metrics["model"].get("macs"),
+        "teacher test BAcc": metrics.get("teacher_bacc"),
+        "student test BAcc (fp32)": metrics["bacc"].get("fp32"),
+        **{f"  {k} BAcc": v for k, v in (metrics["bacc"].get("int8") or {}).items()},
+        **{f"{k} bytes": v for k, v in metrics["size_bytes"].items()},
+        **{f"latency / reference ({k})": v.get("ratio") for k, v in metrics.get("latency", {}).items()},
+        **{f"within {k} budget": v for k, v in metrics.get("budgets", {}).items()},
+    }
+    for key, value in rows.items():
+        out_table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console = Console()
     console.print(out_table)
     console.print(f"report: {out / 'report.html'}")
