@@ -54,7 +54,7 @@ class PipelineConfig:
 PRESETS = {
     "default": PipelineConfig(),
     "smoke": PipelineConfig(subjects=("00", "01", "02", "03", "31", "35"), teacher_epochs=1,
-                            student="mic-xs", student_epochs=2, n_calib=32, profile_windows=20),
+                            student="mic-xs", student_epochs=2, n_calib=32, profile_windows=100),
 }
 
 
