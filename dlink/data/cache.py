@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,16 @@ def save_cached(key: str, windows: Windows) -> None:
     tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
     np.savez(tmp, X=windows.X, y=windows.y, subject=windows.subject, meta=json.dumps(meta))
     os.replace(tmp, folder / f"{key}.npz")
+
+
+def cached(name: str, params: dict, sources: list[Path], build: Callable[[], Windows],
+           use_cache: bool = True) -> Windows:
+    """``build()``, unless windows for (name, params, the sources' sha256) are cached."""
+    if not use_cache:
+        return build()
+    key = cache_key(name, params, sources)
+    hit = load_cached(key)
+    if hit is None:
+        hit = build()
+        save_cached(key, hit)
+    return hit

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dlink.console import track
-from dlink.data.cache import cache_key, load_cached, save_cached
+from dlink.data.cache import cached
 from dlink.data.checksums import read_registry
 from dlink.data.edf import cut_windows, read_edf_uv
 from dlink.data.paths import require_dataset_dir
@@ -84,9 +84,10 @@ def load(
             f"{folder} lacks {len(missing)} recording(s) ({', '.join(missing[:3])}...): "
             f"run `dlink data fetch {NAME}`"
         )
-    key = cache_key(NAME, params, files) if use_cache else None
-    if key and (hit := load_cached(key)) is not None:
-        return hit
+    return cached(NAME, params, files, lambda: _read(files, sfreq, window_s, params), use_cache)
+
+
+def _read(files: list[Path], sfreq: float, window_s: float, params: dict) -> Windows:
     n_times = int(round(window_s * sfreq))
     X, y, subj = [], [], []
     for path in track(files, "Reading EEGMAT"):
@@ -98,7 +99,7 @@ def load(
         X.append(w)
         y.append(np.full(len(w), int(m.group(2)) - 1, dtype=np.int64))
         subj.append(np.full(len(w), m.group(1)))
-    windows = Windows(
+    return Windows(
         X=np.concatenate(X),
         y=np.concatenate(y),
         subject=np.concatenate(subj),
@@ -108,9 +109,6 @@ def load(
         name=NAME,
         info={"files": [f.name for f in files], "params": params, "source": URL},
     )
-    if key:
-        save_cached(key, windows)
-    return windows
 
 
 def expected_checksums(data_root: Path) -> dict[Path, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dlink.console import track
-from dlink.data.cache import cache_key, load_cached, save_cached
+from dlink.data.cache import cached
 from dlink.data.edf import check_edf_complete
 from dlink.data.paths import require_dataset_dir
 from dlink.data.windows import Windows
@@ -48,9 +48,6 @@ def load(
     use_cache: bool = True,
 ) -> Windows:
     """Motor-imagery trials of the given subjects (default: subject 1)."""
-    import mne
-    from mne.datasets import eegbci
-
     require_dataset_dir(data_root, FOLDER, NAME)
     subjects = [int(s) for s in (subjects or [1])]
     files = [run_path(data_root, s, r) for s in subjects for r in RUNS]
@@ -60,9 +57,15 @@ def load(
             f"{data_root / FOLDER} lacks {', '.join(missing)}: run `dlink data fetch {NAME}`"
         )
     params = {"sfreq": sfreq, "window_s": window_s, "subjects": subjects, "runs": list(RUNS)}
-    key = cache_key(NAME, params, files) if use_cache else None
-    if key and (hit := load_cached(key)) is not None:
-        return hit
+    build = lambda: _read(data_root, subjects, sfreq, window_s, files, params)  # noqa: E731
+    return cached(NAME, params, files, build, use_cache)
+
+
+def _read(data_root: Path, subjects: list[int], sfreq: float, window_s: float, files: list[Path],
+          params: dict) -> Windows:
+    import mne
+    from mne.datasets import eegbci
+
     n_times = int(round(window_s * sfreq))
     X, y, subj, ch_names = [], [], [], None
     for s in track(subjects, "Reading eegmmidb"):
@@ -93,7 +96,7 @@ def load(
             y.append(np.array([classes[e - 1] for e in epochs.events[:, 2]], dtype=np.int64))
             subj.append(np.full(len(epochs), f"S{s:03d}"))
             ch_names = list(epochs.ch_names)
-    windows = Windows(
+    return Windows(
         X=np.concatenate(X),
         y=np.concatenate(y),
         subject=np.concatenate(subj),
@@ -103,9 +106,6 @@ def load(
         name=NAME,
         info={"files": [f.name for f in files], "params": params, "source": URL},
     )
-    if key:
-        save_cached(key, windows)
-    return windows
 
 
 def expected_checksums(data_root: Path, subjects: list[int] | None = None) -> dict[Path, str]:

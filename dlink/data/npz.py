@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlink.data.cache import cache_key, load_cached, save_cached
+from dlink.data.cache import cached
 from dlink.data.windows import Windows
 from dlink.errors import DataFormatError, DataNotFoundError
 
@@ -52,9 +52,10 @@ def load(path: Path, sfreq: float = 200.0, use_cache: bool = True) -> Windows:
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"data file {path} does not exist")
-    key = cache_key(path.stem, {"sfreq": sfreq}, [path]) if use_cache else None
-    if key and (hit := load_cached(key)) is not None:
-        return hit
+    return cached(path.stem, {"sfreq": sfreq}, [path], lambda: _read(path, sfreq), use_cache)
+
+
+def _read(path: Path, sfreq: float) -> Windows:
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -84,7 +85,7 @@ def load(path: Path, sfreq: float = 200.0, use_cache: bool = True) -> Windows:
     n_times = int(X.shape[-1] // sfreq * sfreq)
     if n_times == 0:
         raise DataFormatError(f"{path.name}: windows are shorter than 1 s at {sfreq:g} Hz")
-    windows = Windows(
+    return Windows(
         X=X[..., :n_times].astype(np.float32),
         y=y.astype(np.int64),
         subject=subject,
@@ -94,6 +95,3 @@ def load(path: Path, sfreq: float = 200.0, use_cache: bool = True) -> Windows:
         name=path.stem,
         info={"files": [path.name], "params": {"sfreq": sfreq, "source_sfreq": src_sfreq}},
     )
-    if key:
-        save_cached(key, windows)
-    return windows
