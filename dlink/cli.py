@@ -180,6 +180,9 @@ def pipeline(
         **{f"{k} bytes": v for k, v in metrics["size_bytes"].items()},
         **{f"latency / reference ({k})": v.get("ratio") for k, v in metrics.get("latency", {}).items()},
         **{f"within {k} budget": v for k, v in metrics.get("budgets", {}).items()},
+        **{f"{k} parity gate": ("passed" if g["passed"] else f"FAILED ({', '.join(g['failed_checks'])}; "
+                                f"SQNR {g['sqnr_db']:.1f} dB, agreement {g['agreement']:.3f})")
+           for k, g in metrics.get("parity_gate", {}).items()},
     }
     for key, value in rows.items():
         out_table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))

@@ -109,6 +109,9 @@ def gate_metrics(out_dir: str | Path) -> dict:
         "size_bytes": {a["path"]: int(a["bytes"]) for a in arts},
         "sha256": {a["path"]: a.get("sha256") for a in arts},
         "bacc": _bacc(manifest, student),
+        "parity_gate": {a["path"]: {k: a["gate"].get(k) for k in ("passed", "agreement", "sqnr_db",
+                                                                  "bacc_change", "failed_checks")}
+                        for a in manifest.get("artifacts", []) if isinstance(a.get("gate"), dict)},
         "teacher_bacc": (teacher.get("test") or {}).get("bacc"),
         "latency": {b: lat for b in BACKENDS if (lat := _latency(_profile(out_dir, b)))},
         "budgets": _budgets(out_dir),

@@ -7,6 +7,11 @@ Stages, each also a command of its own:
          -> profile (dlink-edge profile / check for every shipped board)
          -> stream (dlink-edge run on one held-out recording) -> report
 
+The int8 parity gate of dlink-export is measured and recorded, not enforced here: an
+artifact that fails it is written marked failed (the pipeline warns, the report and
+``metrics.json`` show it, and ``dlink check`` can gate on it), so the job always ends
+with a report. A firmware team's own ``dlink-export`` call keeps the gate enforced.
+
 A stage is skipped when its content key — a hash of its settings and of everything it
 consumes (data, upstream stage keys, weights) — matches the one recorded in
 ``OUT/pipeline.json``; a changed input re-runs it and everything downstream. An
@@ -191,18 +196,27 @@ class Pipeline:
     def _export(self, data_spec: str) -> dict:
         args = ["export.cli", str(self.out / "student"), "--out", str(self.out / "export"), "--force",
                 "--data", data_spec, "--n-calib", str(self.cfg.n_calib), "--seed", str(self.cfg.seed),
-                "--save-calib", str(self.out / "calibration.npz")]
+                "--save-calib", str(self.out / "calibration.npz"), "--no-gate"]
         if self.data_dir is not None:
             args += ["--data-dir", str(self.data_dir)]
         self._tool(*args)
         manifest = json.loads((self.out / "export" / "manifest.json").read_text())
-        return {a["path"]: a["bytes"] for a in manifest["artifacts"]}
+        gates = {a["path"]: a["gate"] for a in manifest["artifacts"] if a.get("gate")}
+        for path, gate in gates.items():
+            if not gate["passed"]:
+                stderr.print(f"[bold yellow]warning:[/] {path} failed the int8 parity gate "
+                             f"({', '.join(gate['failed_checks'])}: agreement {gate['agreement']:.3f}, "
+                             f"SQNR {gate['sqnr_db']:.1f} dB, BAcc change {gate['bacc_change']:+.3f}); "
+                             "it is written, marked failed in the manifest, and profiled anyway")
+        return {"bytes": {a["path"]: a["bytes"] for a in manifest["artifacts"]},
+                "gate_passed": {p: g["passed"] for p, g in gates.items()}}
 
     def _profile(self) -> dict:
         folder = self.out / "profile"
         folder.mkdir(exist_ok=True)
         model = str(self.out / "export")
-        common = ["--threads", "1", "--windows", str(self.cfg.profile_windows), "--json"]
+        common = ["--threads", "1", "--windows", str(self.cfg.profile_windows), "--json",
+                  "--allow-failed-gate"]
         if REFERENCE_MODEL.is_dir():
             common += ["--reference", str(REFERENCE_MODEL)]
         for backend in ("onnx", "tflite"):
@@ -223,7 +237,7 @@ class Pipeline:
         out_jsonl = self.out / "stream.jsonl"
         if edf is not None:
             proc = self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--edf", str(edf),
-                              "--jsonl", stdout=out_jsonl)
+                              "--jsonl", "--allow-failed-gate", stdout=out_jsonl)
             truth, source = (0 if edf.stem.endswith("_1") else 1), edf.name
         else:
             held = windows.of_subjects([subject])
@@ -231,7 +245,7 @@ class Pipeline:
             samples = np.concatenate(list(first.X), axis=1).T.astype("<f4")  # (T, C) interleaved
             proc = subprocess.run(
                 [sys.executable, "-m", "edge_runtime.cli", "run", str(self.out / "export"), "--stdin",
-                 "--jsonl"], input=samples.tobytes(), capture_output=True)
+                 "--jsonl", "--allow-failed-gate"], input=samples.tobytes(), capture_output=True)
             if proc.returncode:
                 raise DLinkError(f"dlink-edge run --stdin failed: {proc.stderr.decode()[-300:]}")
             out_jsonl.write_bytes(proc.stdout)
