@@ -67,8 +67,10 @@ def load_stream(data_dir: Path, spec, hours: float) -> tuple[np.ndarray, list[st
 
 
 def soak(model_dir: Path, *, hours: float, data_dir: Path, backend: str, precision: str,
-         threads: int, chunk_max: int, seed: int, warmup_s: float = 300.0) -> dict:
-    model = open_model(model_dir, backend=backend, precision=precision, threads=threads)
+         threads: int, chunk_max: int, seed: int, warmup_s: float = 300.0,
+         allow_failed_gate: bool = False) -> dict:
+    model = open_model(model_dir, backend=backend, precision=precision, threads=threads,
+                       allow_failed_gate=allow_failed_gate)
     spec = model.manifest.input
     t = time.perf_counter()
     data, files_used = load_stream(data_dir, spec, hours)
@@ -166,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-max", type=int, default=2000,
                    help="pushes are 0..chunk-max samples, uniformly at random")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-failed-gate", action="store_true",
+                   help="soak an int8 artifact that failed the exporter's parity gate")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--name", default="edge_soak", help="base name of the result files")
     args = p.parse_args(argv)
     try:
         report = soak(args.model_dir, hours=args.hours, data_dir=args.data,
                       backend=args.backend, precision=args.precision, threads=args.threads,
-                      chunk_max=args.chunk_max, seed=args.seed)
+                      chunk_max=args.chunk_max, seed=args.seed, allow_failed_gate=args.allow_failed_gate)
     except EdgeError as exc:
         print(f"edge_soak: error: {exc}", file=sys.stderr)
         return 2
