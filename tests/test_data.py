@@ -165,3 +165,15 @@ def test_eegmat_registry_matches_the_shipped_files(shared_data):
 
     report = verify_files(eegmat.expected_checksums(shared_data))
     assert not report["bad"] and not report["missing"] and len(report["ok"]) == 75
+
+
+def test_edf_with_nan_samples_names_file_and_channel(tmp_path, shared_data):
+    root = _eegmat_copy(tmp_path, shared_data)
+    f = root / "eegmat" / "Subject00_2.edf"
+    raw = bytearray(f.read_bytes())
+    n_signals = int(raw[252:256])
+    phys_max = 256 + n_signals * (16 + 80 + 8 + 8)  # first signal's physical-maximum field
+    raw[phys_max : phys_max + 8] = b"nan     "  # MNE then scales Fp1's samples to NaN
+    f.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=r"Subject00_2\.edf.*Fp1"):
+        load_windows("eegmat", data_dir=root, subjects=["00"])
