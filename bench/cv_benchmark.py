@@ -247,9 +247,16 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
     t_lat, b_lat, s_lat = (latency[f"ort/{n}"] for n in trio)
     tt_lat, tb_lat, ts_lat = (latency[f"torch/{n}"] for n in trio)
     checks = []
-    def claim(text, diff, ok):
-        d = f" (paired BAcc difference {diff[0]:+.3f} ± {diff[1]:.3f})" if diff else ""
-        checks.append(f"- {text}: **{'holds' if ok else 'does not hold'}**{d}")
+
+    def claim(text, diff, ok, paired_test=False):
+        """A verdict; a paired claim 'holds' only when the mean difference exceeds two standard
+        errors over the folds, otherwise it holds in the mean only (within fold noise)."""
+        d = f" (paired BAcc difference {diff[0]:+.3f} ± {diff[1]:.3f} sd over folds)" if diff else ""
+        verdict = "holds" if ok else "does not hold"
+        if ok and paired_test and diff and diff[0] <= 2 * diff[1] / np.sqrt(6):
+            verdict = "holds in the mean only, within fold noise (< 2 standard errors)"
+        checks.append(f"- {text}: **{verdict}**{d}")
+
     if "dlink" in summary:
         d = summary["dlink"]["bacc"][0]
         for other, text in [("fitnet", "Router beats the last layer (FitNet)"),
@@ -258,10 +265,12 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
                             ("no-kd", "distillation beats the student trained alone")]:
             if other in summary:
                 diff = paired("dlink", other)
-                claim(text, diff, diff[0] > 0)
+                claim(text, diff, diff[0] > 0, paired_test=True)
         if "teacher" in summary:
-            claim("student mean BAcc ≥ teacher − 0.02", paired("dlink", "teacher"),
-                  d >= summary["teacher"]["bacc"][0] - 0.02)
+            chance = sum(abs(v - 0.5) < 1e-9 for v in summary["teacher"]["per_fold_bacc"].values())
+            claim(f"student mean BAcc ≥ teacher − 0.02 (trivially: our teacher scores exactly 0.5 BAcc, "
+                  f"one class predicted, in {chance} of {summary['teacher']['n_folds']} folds)",
+                  paired("dlink", "teacher"), d >= summary["teacher"]["bacc"][0] - 0.02)
         if "eegnet" in summary:
             claim("student mean BAcc ≥ EEGNet + 0.03", paired("dlink", "eegnet"),
                   d >= summary["eegnet"]["bacc"][0] + 0.03)
@@ -282,7 +291,9 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
     text = f"""# EEGMAT, subject-wise 6-fold cross-validation
 
 Written by `python bench/cv_benchmark.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}
-({platform.processor() or platform.machine()}, {os.cpu_count()} cores). Nothing here is typed by hand.
+({platform.processor() or platform.machine()}, {os.cpu_count()} cores) from the per-fold results in
+`{args.out}` (the same command without `--tables-only` trains them; a re-run skips what exists).
+Nothing here is typed by hand.
 
 Protocol: EEGMAT rest vs. mental arithmetic, 1,707 windows of 5 s at 200 Hz, 19 channels;
 folds from `kfold_subjects(k=6, n_val=4, seed=0)` (6 test subjects per fold, 4 validation
