@@ -356,8 +356,6 @@ def _fmt_value(row: GateRow, v) -> str:
         return f"{int(v):,}"
     if row.unit == "ms":
         return f"{v:.3f} ms"
-    if row.kind == "latency":
-        return f"{v:.3f}"
     return f"{v:.3f}"
 
 

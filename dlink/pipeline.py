@@ -116,13 +116,15 @@ class Pipeline:
                                      info=info)
         self._save()
 
-    def _tool(self, *args: str, stdout: Path | None = None, ok_codes=(0,)) -> subprocess.CompletedProcess:
-        """Run one of our command-line tools; a failure becomes a DLinkError naming it."""
-        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    def _tool(self, *args: str, stdout: Path | None = None, ok_codes=(0,),
+              stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run one of our command-line tools (optionally feeding ``stdin``); its stdout goes to
+        the file ``stdout``; a failure becomes a DLinkError naming the tool."""
+        proc = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True)
         if stdout is not None:
-            stdout.write_text(proc.stdout)
+            stdout.write_bytes(proc.stdout)
         if proc.returncode not in ok_codes:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
             raise DLinkError(f"`{' '.join(args[:2])}` failed (exit {proc.returncode}): {tail}")
         return proc
 
@@ -236,19 +238,15 @@ class Pipeline:
         edf = self._held_out_edf(subject)
         out_jsonl = self.out / "stream.jsonl"
         if edf is not None:
-            proc = self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--edf", str(edf),
-                              "--jsonl", "--allow-failed-gate", stdout=out_jsonl)
+            self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--edf", str(edf),
+                       "--jsonl", "--allow-failed-gate", stdout=out_jsonl)
             truth, source = (0 if edf.stem.endswith("_1") else 1), edf.name
         else:
             held = windows.of_subjects([subject])
             first = held.subset(held.y == held.y[0])
             samples = np.concatenate(list(first.X), axis=1).T.astype("<f4")  # (T, C) interleaved
-            proc = subprocess.run(
-                [sys.executable, "-m", "edge_runtime.cli", "run", str(self.out / "export"), "--stdin",
-                 "--jsonl", "--allow-failed-gate"], input=samples.tobytes(), capture_output=True)
-            if proc.returncode:
-                raise DLinkError(f"dlink-edge run --stdin failed: {proc.stderr.decode()[-300:]}")
-            out_jsonl.write_bytes(proc.stdout)
+            self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--stdin", "--jsonl",
+                       "--allow-failed-gate", stdout=out_jsonl, stdin=samples.tobytes())
             truth, source = int(held.y[0]), f"subject {subject} windows of class {held.y[0]}"
         decisions = [json.loads(line) for line in out_jsonl.read_text().splitlines() if line.strip()]
         accepted = [d for d in decisions if d.get("accepted", True)]
