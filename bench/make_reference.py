@@ -1,9 +1,9 @@
-"""Build the committed latency reference model in ``bench/reference/``.
+"""Build the committed latency reference model in ``dlink/reference/`` (package data).
 
-    python bench/make_reference.py [--out bench/reference] [--data eegmat] [--force]
+    python bench/make_reference.py [--out dlink/reference] [--data eegmat] [--force]
 
 Why: latency in ms depends on the machine and on whatever else it runs, so a CI gate on
-milliseconds flickers. `dlink-edge profile --reference bench/reference` times this fixed
+milliseconds flickers. `dlink-edge profile --reference dlink/reference` times this fixed
 model window by window interleaved with the model under test (same backend, precision and
 threads) and reports ``latency_ratio`` = model p50 / reference p50, which `dlink check`
 compares with a committed baseline.
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "bench" / "reference"
+DEFAULT_OUT = REPO / "dlink" / "reference"
 ARCH = "mic-xs"
 SEED = 0
 FORMATS = ("onnx", "tflite")

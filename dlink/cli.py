@@ -157,7 +157,7 @@ def pipeline(
 ) -> None:
     """The main job: fine-tune the teacher, distil the DLink student, export int8 ONNX/TFLite
     with a calibration set, profile on this machine against every board budget, stream one
-    held-out recording through the edge runtime, and write OUT/report.html.
+    held-out recordings of every class through the edge runtime, and write OUT/report.html.
 
     Every stage is also its own command (dlink finetune, dlink distill, dlink-export,
     dlink-edge); a stage whose inputs and settings are unchanged is skipped.
@@ -179,7 +179,8 @@ def pipeline(
         **{f"  {k} BAcc": v for k, v in (metrics["bacc"].get("int8") or {}).items()},
         **{f"{k} bytes": v for k, v in metrics["size_bytes"].items()},
         **{f"latency / reference ({k})": v.get("ratio") for k, v in metrics.get("latency", {}).items()},
-        **{f"within {k} budget": v for k, v in metrics.get("budgets", {}).items()},
+        **{f"{k} budget (estimate on {v.get('measured_on')})":
+           "within" if v.get("within_limits") else "OVER" for k, v in metrics.get("budgets", {}).items()},
         **{f"{k} parity gate": ("passed" if g["passed"] else f"FAILED ({', '.join(g['failed_checks'])}; "
                                 f"SQNR {g['sqnr_db']:.1f} dB, agreement {g['agreement']:.3f})")
            for k, g in metrics.get("parity_gate", {}).items()},
@@ -327,6 +328,9 @@ def _load(data, data_dir, subjects: str | None):
     if subjects is None:
         return load_windows(data, data_dir=data_dir)
     wanted = [s.strip() for s in subjects.split(",") if s.strip()]
+    if not wanted:
+        raise ConfigError(f"--subjects {subjects!r} names no subject; give comma-separated ids "
+                          "(e.g. 00,01,02) or leave it out for all.")
     if data == "eegmmidb":  # numbered 1..109 (S001 accepted)
         try:
             ids = [int(s.upper().removeprefix("S")) for s in wanted]
@@ -350,10 +354,15 @@ def _load(data, data_dir, subjects: str | None):
 
 def _windows_and_split(data, data_dir, fold, subjects=None):
     from dlink.data import kfold_subjects, split_subjects
+    from dlink.errors import ConfigError
 
     windows = _load(data, data_dir, subjects)
-    split = split_subjects(windows) if fold is None else kfold_subjects(windows)[fold]
-    return windows, split
+    if fold is None:
+        return windows, split_subjects(windows)
+    folds = kfold_subjects(windows)
+    if not 0 <= fold < len(folds):
+        raise ConfigError(f"--fold {fold} does not exist: the subject split has folds 0..{len(folds) - 1}")
+    return windows, folds[fold]
 
 
 def _print_metrics(what: str, metrics: dict) -> None:
@@ -400,8 +409,13 @@ def check_cmd(
         help="Percent a model file may grow.")] = 10.0,
     max_latency_growth: Annotated[float, typer.Option(
         help="Percent the latency ratio (model p50 / reference p50) may grow.")] = 25.0,
-    max_bacc_drop: Annotated[float, typer.Option(
-        help="Test balanced accuracy it may lose (absolute, 0.02 = two points).")] = 0.02,
+    max_bacc_drop: Annotated[float | None, typer.Option(
+        help="Test balanced accuracy it may lose (absolute, 0.02 = two points). Default: √2 x the "
+        "half-width of the baseline's 95% bootstrap interval (subjects, then windows), "
+        "else 0.02.", show_default=False)] = None,
+    allow_failed_gate: Annotated[bool, typer.Option(
+        "--allow-failed-gate", help="Pass a run whose int8 artifacts failed the exporter's "
+        "parity gate (default: such a run fails).")] = False,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the result as JSON here ('-' for stdout).",
         show_default=False)] = None,
@@ -411,7 +425,8 @@ def check_cmd(
 
     from dlink.gate import EXIT_REGRESSION, Tolerances, check, result_table
 
-    result = check(current, baseline, Tolerances(max_size_growth, max_latency_growth, max_bacc_drop))
+    result = check(current, baseline, Tolerances(max_size_growth, max_latency_growth, max_bacc_drop,
+                                                 allow_failed_gate))
     Console(stderr=json_out is not None and str(json_out) == "-").print(result_table(result))
     if json_out is not None:
         text = json.dumps(result.to_dict(), indent=2)

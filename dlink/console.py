@@ -2,7 +2,8 @@
 
 * `track`: a rich progress bar on stderr when a CLI turned bars on, a plain pass-through
   for library use and tests.
-* `run_app`: runs a typer app so that our own errors (`DLinkError`) print one line on
+* `run_app`: runs a typer app so that our own errors (`DLinkError`) and the file system's
+  (`OSError`: an unwritable ``--out``, a full disk, a missing file) print one line on
   stderr and exit 1, never a traceback.
 """
 
@@ -38,7 +39,8 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def run_app(app) -> None:
-    """Run a typer app; `DLinkError` becomes ``error: <message>`` on stderr and exit 1.
+    """Run a typer app; `DLinkError` or `OSError` becomes ``error: <message>`` on stderr and
+    exit 1.
 
     The app must be built with ``pretty_exceptions_enable=False`` so that our errors reach
     this handler; click still formats usage errors itself (exit 2).
@@ -48,6 +50,11 @@ def run_app(app) -> None:
         app()
     except DLinkError as exc:
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as exc:  # the file system refused: name the path, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        stderr.print(f"[bold red]error:[/] cannot use{where}: {exc.strerror or exc}",
+                     highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

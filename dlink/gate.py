@@ -7,13 +7,20 @@
 * the latency ratio (model p50 / reference p50, both timed in one process by
   ``dlink-edge profile --reference``) grows by more than ``max_latency_growth_pct``
   percent (per backend), or
-* a test balanced accuracy (fp32, and each int8 artifact) falls by more than
-  ``max_bacc_drop`` (absolute, 0.02 = two points).
+* a test balanced accuracy (fp32, and each int8 artifact) falls by more than the test
+  set's own uncertainty: √2 × the half-width of the baseline's 95 % bootstrap interval of
+  the student's test BAcc (`bacc_interval`: subjects resampled, then windows within each;
+  see `bacc_tolerance`), or ``max_bacc_drop`` when given (0.02 when the baseline has no
+  interval), or
+* an int8 artifact of the current run failed the exporter's parity gate (agreement, SQNR,
+  BAcc change against fp32), unless ``allow_failed_gate``.
 
 A gated metric the baseline has and the current run lacks fails too (a measurement that
 disappears is not a pass), as does a latency ratio measured against a different reference
 model. Parameters, MACs, raw milliseconds and board budgets are shown for information only:
-raw milliseconds depend on the machine, the ratio does not (much).
+raw milliseconds depend on the machine, the ratio does not (much). Everything timed is
+labelled with the machine it was timed on (``measured_on``); a board budget checked on
+another CPU than the board's is an *estimate*, never a pass.
 
 Refresh the baseline by copying a trusted run's ``metrics.json`` over it; its numbers are
 then generated, never typed.
@@ -23,23 +30,31 @@ Inputs read from OUT (any may be missing; what is missing is simply not measured
 ``student/metrics.json`` (test BAcc if the manifest has none, parameters, MACs),
 ``teacher/metrics.json`` (teacher test BAcc, information), ``profile/{onnx,tflite}.json``
 (``dlink-edge profile --json``; or the ``check --json`` output, whose ``profile`` is used),
-``profile/budget_<board>.json`` (``dlink-edge check --json``).
+``profile/budget_<board>.json`` (``dlink-edge check --json``), ``test_predictions.npz``
+(``y``, ``pred``, ``subject`` of the fp32 student on the test windows; for the interval).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import os
+import platform
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
+from dlink.atomic import write_text_atomic
 from dlink.errors import DLinkError
 
 METRICS_SCHEMA = "dlink-gate-metrics/1"
 RESULT_SCHEMA = "dlink-gate-result/1"
 METRICS_FILE = "metrics.json"
 EXIT_REGRESSION = 3  # `dlink check`: 0 pass, 1 error (one line), 2 usage, 3 regression
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "bench" / "reference"  # in a checkout
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"  # packaged with dlink
+PREDICTIONS_FILE = "test_predictions.npz"
+DEFAULT_BACC_DROP = 0.02  # when neither --max-bacc-drop nor the baseline's interval is there
 MODEL_FORMATS = ("onnx", "tflite")  # artifacts whose bytes are gated (C arrays embed the tflite)
 BACKENDS = ("onnx", "tflite")
 
@@ -54,7 +69,8 @@ class Tolerances:
 
     max_size_growth_pct: float = 10.0  # per model file, percent of the baseline's bytes
     max_latency_growth_pct: float = 25.0  # latency ratio, percent of the baseline's ratio
-    max_bacc_drop: float = 0.02  # balanced accuracy, absolute (0.02 = two points)
+    max_bacc_drop: float | None = None  # BAcc, absolute; None: the baseline's 95 % half-width
+    allow_failed_gate: bool = False  # pass a run whose int8 artifacts failed the parity gate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,11 +124,12 @@ def gate_metrics(out_dir: str | Path) -> dict:
         },
         "size_bytes": {a["path"]: int(a["bytes"]) for a in arts},
         "sha256": {a["path"]: a.get("sha256") for a in arts},
-        "bacc": _bacc(manifest, student),
+        "bacc": {**_bacc(manifest, student), "interval": _interval(out_dir)},
         "parity_gate": {a["path"]: {k: a["gate"].get(k) for k in ("passed", "agreement", "sqnr_db",
                                                                   "bacc_change", "failed_checks")}
                         for a in manifest.get("artifacts", []) if isinstance(a.get("gate"), dict)},
         "teacher_bacc": (teacher.get("test") or {}).get("bacc"),
+        "measured_on": _machine(out_dir),
         "latency": {b: lat for b in BACKENDS if (lat := _latency(_profile(out_dir, b)))},
         "budgets": _budgets(out_dir),
     }
@@ -121,9 +138,74 @@ def gate_metrics(out_dir: str | Path) -> dict:
 def write_gate_metrics(out_dir: str | Path) -> dict:
     """Write ``OUT/metrics.json`` from the other files of a pipeline output; return it."""
     metrics = gate_metrics(out_dir)
-    path = Path(out_dir) / METRICS_FILE
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(Path(out_dir) / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def bacc_interval(y, pred, subject, n_boot: int = 2000, level: float = 0.95,
+                  seed: int = 0) -> dict:
+    """Bootstrap interval of balanced accuracy over subjects, then windows within each.
+
+    Parameters
+    ----------
+    y, pred : (n,) true and predicted class indices of the test windows.
+    subject : (n,) subject id of each window. Subjects are resampled with replacement and
+        then each drawn subject's windows with replacement, so the interval holds both the
+        spread between subjects and the finite number of windows (with one subject, only
+        the latter).
+
+    Returns
+    -------
+    dict with ``bacc`` (the point estimate), ``low``/``high`` (the ``level`` percentile
+    interval), ``half_width`` ((high - low) / 2, the gate's default BAcc tolerance),
+    ``n_boot``, ``level``, ``seed``, ``n_windows``, ``n_subjects`` and ``method``.
+    """
+    y, pred, subject = np.asarray(y), np.asarray(pred), np.asarray(subject).astype(str)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(subject == s) for s in np.unique(subject)]
+    stats = np.empty(n_boot)
+    for i in range(n_boot):
+        drawn = rng.integers(len(groups), size=len(groups))
+        idx = np.concatenate([rng.choice(groups[g], size=len(groups[g])) for g in drawn])
+        stats[i] = _balanced_accuracy(y[idx], pred[idx])
+    low, high = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return {"bacc": round(_balanced_accuracy(y, pred), 6), "low": round(float(low), 6),
+            "high": round(float(high), 6), "half_width": round(float(high - low) / 2, 6),
+            "level": level, "n_boot": n_boot, "seed": seed, "n_windows": int(len(y)),
+            "n_subjects": len(groups),
+            "method": "bootstrap: subjects with replacement, then windows within each subject"}
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y``."""
+    return float(np.mean([np.mean(pred[y == k] == k) for k in np.unique(y)]))
+
+
+def _interval(out_dir: Path) -> dict | None:
+    path = out_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        out = bacc_interval(f["y"], f["pred"], f["subject"])
+    return {**out, "of": "fp32 student on the test subjects (" + PREDICTIONS_FILE + ")"}
+
+
+def _machine(out_dir: Path) -> dict:
+    """Where the timings were taken: the profile's own label, plus this CPU's model name
+    (the metrics are written by the run that profiled, on the same machine)."""
+    prof = _profile(out_dir, "onnx") or _profile(out_dir, "tflite") or {}
+    return {"machine": prof.get("machine") or f"{platform.machine()} {platform.system()}",
+            "cpu": _cpu_model(), "cores": os.cpu_count()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _bacc(manifest: dict, student: dict) -> dict:
@@ -133,7 +215,8 @@ def _bacc(manifest: dict, student: dict) -> dict:
     held = (parity.get("data") or {}).get("held_out", False)
     gates = {a["path"]: a["gate"] for a in manifest.get("artifacts", [])
              if isinstance(a.get("gate"), dict) and "bacc_int8" in a["gate"]}
-    out: dict = {"fp32": None, "int8": {}, "source": None, "n_windows": None, "subjects": None}
+    out: dict = {"fp32": None, "int8": {}, "source": None, "n_windows": None, "subjects": None,
+                 "interval": None}
     if held and gates:
         first = next(iter(gates.values()))
         out.update(fp32=first.get("bacc_fp32"), int8={p: g["bacc_int8"] for p, g in gates.items()},
@@ -162,10 +245,17 @@ def _latency(rep: dict | None) -> dict | None:
 
 
 def _budgets(out_dir: Path) -> dict:
+    """Per board: within its limits as timed here; always an estimate, since the pipeline
+    times on its own machine and never on the board (a pass needs `dlink-edge check` run
+    on the board itself)."""
     out = {}
     for path in sorted((out_dir / "profile").glob("budget_*.json")):
         rep = _read_json(path)
-        out[path.stem.removeprefix("budget_")] = bool(rep.get("ok"))
+        prof = rep.get("profile") or {}
+        out[path.stem.removeprefix("budget_")] = {
+            "within_limits": bool(rep.get("ok")), "verdict": "estimate",
+            "board": (rep.get("budget") or {}).get("board"),
+            "measured_on": prof.get("machine")}
     return out
 
 
@@ -309,14 +399,39 @@ def compare(current: dict, baseline: dict, tolerances: Tolerances | None = None)
                            (b or {}).get("ratio"), (c or {}).get("ratio"),
                            tol.max_latency_growth_pct, note))
     bb, cb = base.get("bacc") or {}, cur.get("bacc") or {}
-    rows.append(_gated("BAcc fp32", "bacc", "", bb.get("fp32"), cb.get("fp32"),
-                       tol.max_bacc_drop))
+    bacc_drop = bacc_tolerance(base, tol)
+    rows.append(_gated("BAcc fp32", "bacc", "", bb.get("fp32"), cb.get("fp32"), bacc_drop))
     for path in _keys(bb.get("int8"), cb.get("int8")):
         rows.append(_gated(f"BAcc {path}", "bacc", "", (bb.get("int8") or {}).get(path),
-                           (cb.get("int8") or {}).get(path), tol.max_bacc_drop))
+                           (cb.get("int8") or {}).get(path), bacc_drop))
+    for path, gate in (cur.get("parity_gate") or {}).items():
+        rows.append(_parity_row(path, gate, tol.allow_failed_gate))
     rows = [r for r in rows if not (r.baseline is None and r.current is None)]
     rows += _info_rows(base, cur)
-    return GateResult(rows, tol)
+    return GateResult(rows, replace(tol, max_bacc_drop=bacc_drop))
+
+
+def bacc_tolerance(baseline: dict, tol: Tolerances) -> float:
+    """The BAcc drop allowed: ``tol.max_bacc_drop`` if set, else √2 × the half-width h of
+    the baseline's 95 % bootstrap interval, else `DEFAULT_BACC_DROP`.
+
+    Two runs scored on this test set each carry an uncertainty of about ±h, so their
+    difference carries about ±√2·h (95 %): a drop within it is not evidence of a regression.
+    """
+    if tol.max_bacc_drop is not None:
+        return tol.max_bacc_drop
+    half = ((baseline.get("bacc") or {}).get("interval") or {}).get("half_width")
+    return round(math.sqrt(2) * half, 4) if half else DEFAULT_BACC_DROP
+
+
+def _parity_row(path: str, gate: dict, allowed: bool) -> GateRow:
+    """The current run's int8 parity gate for one artifact: a failure fails the check."""
+    passed = bool(gate.get("passed"))
+    note = "" if passed else (f"failed the int8 parity gate ({', '.join(gate.get('failed_checks') or [])}"
+                              f"; agreement {gate.get('agreement')}, SQNR {gate.get('sqnr_db')} dB)"
+                              + ("; allowed by --allow-failed-gate" if allowed else ""))
+    status = "pass" if passed else ("info" if allowed else "fail")
+    return GateRow(f"parity gate {path}", "parity", "", None, passed, None, "", None, status, note)
 
 
 def _keys(a: dict | None, b: dict | None) -> list[str]:
@@ -339,7 +454,9 @@ def _info_rows(base: dict, cur: dict) -> list[GateRow]:
                           (c or {}).get("p50_ms")))
     for board in _keys(base.get("budgets"), cur.get("budgets")):
         b, c = _get(base, "budgets", board), _get(cur, "budgets", board)
-        rows.append(GateRow(f"budget {board}", "info", "", b, c, None, "", None, "info"))
+        where = c.get("measured_on") if isinstance(c, dict) else None
+        rows.append(GateRow(f"budget {board}", "info", "", b, c, None, "", None, "info",
+                            f"estimate: timed on {where}, not on the board" if where else ""))
     return [r for r in rows if not (r.baseline is None and r.current is None)]
 
 
@@ -350,8 +467,12 @@ def _info_rows(base: dict, cur: dict) -> list[GateRow]:
 def _fmt_value(row: GateRow, v) -> str:
     if v is None:
         return "-"
-    if isinstance(v, bool):
+    if isinstance(v, bool) and row.kind == "parity":
+        return "passed" if v else "FAILED"
+    if isinstance(v, bool):  # a baseline written before budgets were labelled estimates
         return "within" if v else "OVER"
+    if isinstance(v, dict):  # a board budget
+        return f"{'within' if v.get('within_limits') else 'OVER'} ({v.get('verdict', 'estimate')})"
     if row.kind == "size" or row.metric in ("parameters", "MACs"):
         return f"{int(v):,}"
     if row.unit == "ms":
@@ -382,6 +503,8 @@ def result_table(result: GateResult):
              "new": "[yellow]new[/]"}
     verdict = "[green]passed[/]" if result.passed else "[bold red]FAILED[/]"
     notes = [f"{r.metric}: {r.note}" for r in result.rows if r.note and r.kind != "info"]
+    notes += [f"board budgets: {n}" for n in dict.fromkeys(
+        r.note for r in result.rows if r.metric.startswith("budget ") and r.note)]
     table = Table(title=f"regression gate: {verdict}", box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="\n".join(notes) or None, caption_justify="left")
     for col in ("metric", "baseline", "current", "change", "limit", "status"):

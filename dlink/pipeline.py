@@ -5,7 +5,7 @@ Stages, each also a command of its own:
     data -> teacher (dlink finetune) -> student (dlink distill)
          -> export (dlink-export: calibration set, int8 ONNX + int8 TFLite + C array)
          -> profile (dlink-edge profile / check for every shipped board)
-         -> stream (dlink-edge run on one held-out recording) -> report
+         -> stream (dlink-edge run on the held-out recordings of every class) -> report
 
 The int8 parity gate of dlink-export is measured and recorded, not enforced here: an
 artifact that fails it is written marked failed (the pipeline warns, the report and
@@ -14,8 +14,10 @@ with a report. A firmware team's own ``dlink-export`` call keeps the gate enforc
 
 A stage is skipped when its content key — a hash of its settings and of everything it
 consumes (data, upstream stage keys, weights) — matches the one recorded in
-``OUT/pipeline.json``; a changed input re-runs it and everything downstream. An
-interrupted stage resumes (training stages from their checkpoint). Export, profiling and
+``OUT/pipeline.json``; a changed input re-runs it and everything downstream (the settings
+that changed since the last run in OUT are named on stderr). An interrupted stage resumes
+(training stages from their checkpoint). Every file a later stage or run reads is written
+atomically (`dlink.atomic`). Export, profiling and
 streaming run the real command-line tools in subprocesses, exactly as a firmware team
 would, which also keeps the one-way imports (dlink never imports export or edge_runtime).
 """
@@ -33,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dlink.atomic import savez_atomic, write_bytes_atomic, write_text_atomic
 from dlink.console import stderr
 from dlink.errors import ConfigError, DLinkError
 
 BOARDS = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano")
-REFERENCE_MODEL = Path(__file__).resolve().parents[1] / "bench" / "reference"
+REFERENCE_MODEL = Path(__file__).resolve().parent / "reference"  # package data
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,37 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, out: Path, data_dir: Path | None = None):
         self.cfg, self.out, self.data_dir = cfg, Path(out), data_dir
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot write to --out {self.out} ({exc.strerror or exc}); "
+                              "give a folder you can write to.") from exc
         self.record_path = self.out / "pipeline.json"
-        saved = json.loads(self.record_path.read_text()) if self.record_path.is_file() else {}
+        saved = self._load_record()
         self.records = {k: _Record(**v) for k, v in saved.get("stages", {}).items()}
+        changed = _changed_settings(saved.get("config"), asdict(cfg))
+        if changed:
+            stderr.print(f"settings changed since the last run in {self.out}: {changed}; "
+                         "the stages they feed run again", highlight=False)
+
+    def _load_record(self) -> dict:
+        if not self.record_path.is_file():
+            return {}
+        try:
+            saved = json.loads(self.record_path.read_text())
+            for rec in saved.get("stages", {}).values():
+                _Record(**rec)
+            return saved
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{self.record_path} is not a pipeline record ({exc}); delete it "
+                              "(every stage then runs again) or give another --out.") from exc
 
     # --- bookkeeping ------------------------------------------------------------------------
     def _save(self) -> None:
-        self.record_path.write_text(json.dumps(
+        write_text_atomic(self.record_path, json.dumps(
             {"config": asdict(self.cfg), "stages": {k: asdict(v) for k, v in self.records.items()}},
             indent=2))
 
@@ -122,7 +148,7 @@ class Pipeline:
         the file ``stdout``; a failure becomes a DLinkError naming the tool."""
         proc = subprocess.run([sys.executable, "-m", *args], input=stdin, capture_output=True)
         if stdout is not None:
-            stdout.write_bytes(proc.stdout)
+            write_bytes_atomic(stdout, proc.stdout)
         if proc.returncode not in ok_codes:
             tail = (proc.stderr.decode(errors="replace").strip().splitlines() or ["(no output)"])[-1]
             raise DLinkError(f"`{' '.join(args[:2])}` failed (exit {proc.returncode}): {tail}")
@@ -156,10 +182,11 @@ class Pipeline:
                    lambda: self._export(data_spec))
         profile_key = _hash(export_key, cfg.profile_windows)
         self.stage("profile", profile_key, [self.out / "profile"], self._profile)
-        stream_key = _hash(export_key, "stream")
-        self.stage("stream", stream_key, [self.out / "stream.jsonl", self.out / "stream.json"],
+        stream_key = _hash(export_key, "stream", "every class")
+        self.stage("stream", stream_key, [self.out / "stream", self.out / "stream.json"],
                    lambda: self._stream(windows, split))
-        self.stage("report", _hash(profile_key, stream_key), [self.out / "report.html"], self._report)
+        self.stage("report", _hash(profile_key, stream_key), [self.out / "report.html"],
+                   lambda: self._report(windows, split))
         return json.loads((self.out / "metrics.json").read_text())
 
     def _data_stage(self, windows, split, data_key) -> str:
@@ -169,13 +196,13 @@ class Pipeline:
 
         summary = {**windows.summary(), "split": split.to_dict()}
         summary.pop("windows_per_subject")
-        (self.out / "data.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(self.out / "data.json", json.dumps(summary, indent=2))
         if self.cfg.data in DATASETS and not self.cfg.subjects:
             return self.cfg.data
         path = self.out / "data.npz"
         if not path.is_file() or self.records.get("data", _Record("")).key != data_key:
-            np.savez(path, X=windows.X, y=windows.y, subject=windows.subject, sfreq=windows.sfreq,
-                     ch_names=np.array(windows.ch_names), class_names=np.array(windows.class_names))
+            savez_atomic(path, X=windows.X, y=windows.y, subject=windows.subject, sfreq=windows.sfreq,
+                         ch_names=np.array(windows.ch_names), class_names=np.array(windows.class_names))
             self.records["data"] = _Record(key=data_key, status="done")
             self._save()
         return str(path)
@@ -232,46 +259,98 @@ class Pipeline:
         return {"within_budget": within}
 
     def _stream(self, windows, split) -> dict:
-        """Stream one held-out recording through the int8 model: the EDF of a test subject for
-        EEGMAT, else that subject's windows back to back as raw float32 on stdin."""
-        subject = split.test[0]
-        edf = self._held_out_edf(subject)
-        out_jsonl = self.out / "stream.jsonl"
-        if edf is not None:
-            self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--edf", str(edf),
-                       "--jsonl", "--allow-failed-gate", stdout=out_jsonl)
-            truth, source = (0 if edf.stem.endswith("_1") else 1), edf.name
-        else:
-            held = windows.of_subjects([subject])
-            first = held.subset(held.y == held.y[0])
-            samples = np.concatenate(list(first.X), axis=1).T.astype("<f4")  # (T, C) interleaved
-            self._tool("edge_runtime.cli", "run", str(self.out / "export"), "--stdin", "--jsonl",
-                       "--allow-failed-gate", stdout=out_jsonl, stdin=samples.tobytes())
-            truth, source = int(held.y[0]), f"subject {subject} windows of class {held.y[0]}"
-        decisions = [json.loads(line) for line in out_jsonl.read_text().splitlines() if line.strip()]
-        accepted = [d for d in decisions if d.get("accepted", True)]
-        labels = [d.get("label") for d in accepted]
-        summary = {"source": source, "true_label": windows.class_names[truth], "decisions": len(decisions),
-                   "accepted": len(accepted),
-                   "fraction_correct": float(np.mean([lab == windows.class_names[truth] for lab in labels]))
-                   if labels else None}
-        (self.out / "stream.json").write_text(json.dumps(summary, indent=2))
-        return summary
+        """Stream the held-out recordings of every class through the int8 model: for EEGMAT
+        each test subject's two EDF files (rest, task), else each test subject's windows of
+        each class back to back as raw float32 on stdin. Decisions go to OUT/stream/, the
+        overall and per-class accuracy of the accepted decisions to OUT/stream.json."""
+        folder = self.out / "stream"
+        folder.mkdir(exist_ok=True)
+        recordings = []
+        for subject in split.test:
+            for label, source in self._held_out_recordings(windows, subject):
+                jsonl = folder / f"{subject}_{windows.class_names[label]}.jsonl"
+                args = ["edge_runtime.cli", "run", str(self.out / "export"), "--jsonl",
+                        "--allow-failed-gate"]
+                if isinstance(source, Path):
+                    self._tool(*args, "--edf", str(source), stdout=jsonl)
+                else:
+                    self._tool(*args, "--stdin", stdout=jsonl, stdin=source)
+                decisions = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+                labels = [d.get("label") for d in decisions if d.get("accepted", True)]
+                recordings.append({
+                    "source": source.name if isinstance(source, Path) else f"subject {subject} windows",
+                    "subject": subject, "true_label": windows.class_names[label],
+                    "decisions": len(decisions), "accepted": len(labels),
+                    "correct": sum(lab == windows.class_names[label] for lab in labels)})
+        summary = _stream_summary(recordings, windows.class_names)
+        write_text_atomic(self.out / "stream.json", json.dumps(summary, indent=2))
+        return {k: summary[k] for k in ("accuracy", "balanced_accuracy", "per_class")}
 
-    def _held_out_edf(self, subject: str) -> Path | None:
+    def _held_out_recordings(self, windows, subject: str) -> list[tuple[int, Path | bytes]]:
+        """(class index, EDF path or interleaved float32 samples) per class of ``subject``."""
         from dlink.data import data_root
 
-        if self.cfg.data != "eegmat":
-            return None
-        path = data_root(self.data_dir) / "eegmat" / f"Subject{subject}_2.edf"
-        return path if path.is_file() else None
+        if self.cfg.data == "eegmat":
+            folder = data_root(self.data_dir) / "eegmat"
+            edfs = [(k, folder / f"Subject{subject}_{k + 1}.edf") for k in range(2)]
+            if all(path.is_file() for _, path in edfs):
+                return edfs
+        held = windows.of_subjects([subject])
+        out = []
+        for k in np.unique(held.y):
+            samples = np.concatenate(list(held.X[held.y == k]), axis=1).T  # (T, C) interleaved
+            out.append((int(k), samples.astype("<f4").tobytes()))
+        return out
 
-    def _report(self) -> dict:
+    def _report(self, windows, split) -> dict:
         from dlink.gate import write_gate_metrics
         from dlink.report import write_report
 
+        self._test_predictions(windows, split)
         metrics = write_gate_metrics(self.out)
         return {"report": str(write_report(self.out)), "metrics": metrics}
+
+
+    def _test_predictions(self, windows, split) -> None:
+        """OUT/test_predictions.npz: the fp32 student's class per test window, with the
+        window's subject; `dlink.gate` bootstraps the BAcc interval from it."""
+        import torch
+
+        from dlink.gate import PREDICTIONS_FILE
+        from dlink.student import load_student
+        from dlink.training import predict_logits
+
+        model = load_student(self.out / "student").eval()
+        test = windows.of_subjects(split.test)
+        with torch.no_grad():
+            logits = predict_logits(model, torch.from_numpy(model.signal.to_model_units(test.X)))
+        savez_atomic(self.out / PREDICTIONS_FILE, y=test.y, pred=logits.argmax(1),
+                     subject=np.asarray(test.subject).astype(str))
+
+
+def _stream_summary(recordings: list[dict], class_names) -> dict:
+    """Overall accuracy of the accepted decisions, and per class (which a model answering
+    one class for everything cannot pass)."""
+    per_class = {}
+    for name in class_names:
+        recs = [r for r in recordings if r["true_label"] == name]
+        n = sum(r["accepted"] for r in recs)
+        per_class[name] = {"recordings": len(recs), "decisions": n,
+                           "accuracy": sum(r["correct"] for r in recs) / n if n else None}
+    accepted = sum(r["accepted"] for r in recordings)
+    scored = [c["accuracy"] for c in per_class.values() if c["accuracy"] is not None]
+    return {"decisions": sum(r["decisions"] for r in recordings), "accepted": accepted,
+            "accuracy": sum(r["correct"] for r in recordings) / accepted if accepted else None,
+            "balanced_accuracy": float(np.mean(scored)) if scored else None,
+            "per_class": per_class, "recordings": recordings}
+
+
+def _changed_settings(saved: dict | None, now: dict) -> str:
+    """``"student_epochs 20 -> 3, ..."`` for the settings that differ ('' if none or no record)."""
+    if not saved:
+        return ""
+    now = json.loads(json.dumps(now))  # tuples as lists, as saved
+    return ", ".join(f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
 
 
 def _default_backbone() -> Path:

@@ -5,7 +5,9 @@ A stage supplies ``loss_fn(batch_indices) -> {"loss": tensor, other terms...}`` 
 resumption, model selection, the progress bar and the loss curve.
 
 Resumable: after every epoch the full state (modules, optimiser, epoch, history, selection,
-RNG) is written to ``OUT/checkpoint.pt`` (atomically) and a re-run continues from it.
+RNG, settings) is written to ``OUT/checkpoint.pt`` (atomically) and a re-run with the same
+settings continues from it; a re-run with other settings stops with a one-line error naming
+them (a changed schedule or model would silently mix two runs).
 Distributed (torchrun, see `dlink.distributed`): global batches are drawn from one seeded
 permutation; each process takes an equal share (``rank::world``), so N processes x B/N see
 the same windows as 1 x B (``batch_size`` is global). The modules are DDP-wrapped by the
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from dlink import distributed as dist
+from dlink.atomic import write_text_atomic
 from dlink.console import LossBar
 from dlink.errors import CheckpointError, ConfigError
 
@@ -162,6 +165,7 @@ def train_loop(
     state = dist.broadcast_object(load_checkpoint(ckpt_path)
                                   if dist.is_main() and ckpt_path.is_file() else None)
     if state is not None:
+        _check_resume(state.get("config"), asdict(cfg), ckpt_path)
         for name, module in modules.items():
             dist.unwrap(module).load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
@@ -214,12 +218,22 @@ def train_loop(
                     "best_score": result.best_score, "torch_rng": torch.get_rng_state(),
                     "config": asdict(cfg), **(extra_state or {}),
                 })
-                (out_dir / "history.json").write_text(json.dumps(result.history, indent=1))
+                write_text_atomic(out_dir / "history.json", json.dumps(result.history, indent=1))
                 plot_history(result.history, out_dir / "loss_curve.png", description)
             dist.barrier()
     finally:
         bar.close()
     return result
+
+
+def _check_resume(saved: dict | None, now: dict, path: Path) -> None:
+    """Refuse to resume a checkpoint written with other settings, naming them."""
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+               if saved is not None and k in saved and saved[k] != v]
+    if changed:
+        raise ConfigError(f"{path} was written with other settings ({', '.join(changed)}); re-run "
+                          f"with those to resume, or give another --out (or delete {path.name}) "
+                          "to start over.")
 
 
 @torch.no_grad()

@@ -91,7 +91,7 @@ ProfileEdfOpt = Annotated[Path | None, typer.Option(
     "--edf", help="Profile on this recording (default: seeded noise).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ReferenceOpt = Annotated[Path | None, typer.Option(
-    "--reference", help="Also time this model folder (e.g. bench/reference), interleaved with "
+    "--reference", help="Also time this model folder (e.g. dlink/reference), interleaved with "
     "the model, same backend/precision/threads; adds reference and latency_ratio "
     "(model p50 / reference p50).")]
 

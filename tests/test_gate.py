@@ -1,4 +1,4 @@
-"""`dlink check`, the CI regression gate, on real exports profiled against bench/reference.
+"""`dlink check`, the CI regression gate, on real exports profiled against dlink/reference.
 
 Three untrained students for EEGMAT windows (19 x 1000), exported to ONNX with a real
 calibration set and timed by the real `dlink-edge profile --reference`:
@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,8 @@ from dlink.gate import (
     EXIT_REGRESSION,
     METRICS_SCHEMA,
     Tolerances,
+    bacc_interval,
+    bacc_tolerance,
     compare,
     gate_metrics,
     load_metrics,
@@ -33,7 +36,7 @@ from dlink.gate import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "bench" / "reference"
+REFERENCE = REPO / "dlink" / "reference"
 SUBJECTS = ["00", "01", "35"]  # calibration on 00/01, parity gate on 35
 
 
@@ -171,7 +174,8 @@ def _metrics(**over) -> dict:
          "bacc": {"fp32": 0.70, "int8": {"model.int8.onnx": 0.69}}, "teacher_bacc": 0.72,
          "latency": {"onnx": {"ratio": 1.0, "p50_ms": 0.1, "reference_p50_ms": 0.1,
                               "reference": "ref", "reference_sha256": "aa"}},
-         "budgets": {"rpi4": True}}
+         "budgets": {"rpi4": {"within_limits": True, "verdict": "estimate",
+                              "measured_on": "x86_64 Linux"}}}
     return m | over
 
 
@@ -203,6 +207,52 @@ def test_compare_missing_new_and_incomparable_metrics():
     assert result.failed == ["latency ratio onnx"] and "another reference" in result.summary()
     info = {r.metric: r for r in compare(_metrics(model={"parameters": 5000}), _metrics()).rows}
     assert info["parameters"].status == "info" and info["parameters"].change == 400.0
+
+
+def test_failed_parity_gate_fails_the_check_unless_allowed():
+    failed = {"passed": False, "agreement": 0.94, "sqnr_db": 20.6, "failed_checks": ["sqnr_db"]}
+    run = _metrics(parity_gate={"model.int8.onnx": failed})
+    result = compare(run, _metrics())
+    assert result.failed == ["parity gate model.int8.onnx"]
+    assert "failed the int8 parity gate (sqnr_db" in result.summary()
+    allowed = compare(run, _metrics(), Tolerances(allow_failed_gate=True))
+    assert allowed.passed and any("allowed" in r.note for r in allowed.rows)
+    ok = _metrics(parity_gate={"model.int8.onnx": {"passed": True}})
+    assert compare(ok, _metrics()).passed
+
+
+def test_bacc_interval_is_a_subject_then_window_bootstrap():
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 96)
+    subject = np.repeat(["32", "33", "34", "35"], 48)
+    hit = rng.random(192) < np.repeat([0.9, 0.5, 0.7, 0.6], 48)  # subjects differ
+    pred = np.where(hit, y, 1 - y)
+    four = bacc_interval(y, pred, subject)
+    assert four["n_subjects"] == 4 and four["low"] < four["bacc"] < four["high"]
+    assert four == bacc_interval(y, pred, subject)  # seeded: same data, same interval
+    one = bacc_interval(y[:48], pred[:48], subject[:48])  # one subject: windows only
+    assert one["half_width"] > 0
+    flat = bacc_interval(y, np.where(rng.random(192) < 0.7, y, 1 - y), subject)
+    assert four["half_width"] > flat["half_width"]  # spread between subjects widens it
+
+
+def test_bacc_tolerance_comes_from_the_baselines_interval():
+    base = _metrics(bacc={"fp32": 0.70, "int8": {"model.int8.onnx": 0.69},
+                          "interval": {"half_width": 0.08}})
+    assert bacc_tolerance(base, Tolerances()) == pytest.approx(0.08 * 2 ** 0.5, abs=1e-4)
+    assert bacc_tolerance(base, Tolerances(max_bacc_drop=0.01)) == 0.01
+    assert bacc_tolerance(_metrics(), Tolerances()) == 0.02  # no interval recorded
+    swing = _metrics(bacc={"fp32": 0.61, "int8": {"model.int8.onnx": 0.60}})  # -0.09
+    result = compare(swing, base)
+    assert result.passed, result.summary()
+    assert result.tolerances.max_bacc_drop == pytest.approx(0.1131, abs=1e-4)
+    assert not compare(_metrics(bacc={"fp32": 0.55, "int8": {}}), base).passed
+
+
+def test_budgets_are_labelled_estimates_with_the_machine():
+    result = compare(_metrics(), _metrics())
+    row = next(r for r in result.rows if r.metric == "budget rpi4")
+    assert row.status == "info" and "estimate" in row.note and "x86_64 Linux" in row.note
 
 
 def test_load_metrics_rejects_other_files(tmp_path):

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO / "bench" / "reference"
+REFERENCE = REPO / "dlink" / "reference"
 SUBJECTS = ["00", "01", "02", "03", "34", "35"]  # split: 4 train, 1 val, 1 test
 
 
