@@ -51,12 +51,13 @@ def read_edf_uv(
     ch_names : canonical channel names wanted, in output order.
     rename : maps a file label (e.g. ``"EEG Fp1"``) to a canonical name (``"Fp1"``).
     expected_sfreq : the rate the data set is recorded at, Hz; another rate is an error.
-    target_sfreq : resample to this rate, Hz (MNE's FFT resampling of the whole record).
+    target_sfreq : resample to this rate, Hz (`resample_uv`, the board's rule).
 
     Returns
     -------
-    raw : ``mne.io.Raw`` with only ``ch_names``, data in volts (MNE's convention).
-    data_uv : (C, T) float32 array in µV.
+    raw : ``mne.io.Raw`` with only ``ch_names``, data in volts (MNE's convention), at the
+        file's own rate.
+    data_uv : (C, T) float32 array in µV at ``target_sfreq``.
     """
     import mne
 
@@ -85,9 +86,30 @@ def read_edf_uv(
     if not finite.all():
         bad = [ch_names[i] for i in np.flatnonzero(~finite.all(axis=1))]
         raise DataFormatError(f"{path.name} has NaN/Inf samples in channel(s) {', '.join(bad)}")
+    data = raw.get_data() * 1e6  # (C, T) float64 µV
     if target_sfreq is not None and abs(sfreq - target_sfreq) > 1e-6:
-        raw.resample(target_sfreq, verbose="error")
-    return raw, (raw.get_data() * 1e6).astype(np.float32)
+        data = resample_uv(data, sfreq, target_sfreq)
+    return raw, data.astype(np.float32)
+
+
+def resample_uv(x: np.ndarray, src: float, dst: float) -> np.ndarray:
+    """(C, T) samples at ``src`` Hz -> ``dst`` Hz over the whole record (zero-phase).
+
+    DLink's one resampling rule, shared with the board: `scipy.signal.resample_poly` with
+    the exact rational factor dst/src (denominator <= 1000) and its default Kaiser filter,
+    the call `edge_runtime.sources.read_edf` makes (edge_runtime imports no dlink code, so
+    the rule is written in both; ``tests/test_train_serve_parity.py`` holds them equal on
+    real recordings). MNE's FFT resampling, used before, put samples 2.5 ms later than the
+    board's at 500 -> 200 Hz (16 µV apart on EEGMAT).
+    """
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    frac = Fraction(dst / src).limit_denominator(1000)
+    if abs(frac.numerator / frac.denominator - dst / src) > 1e-9:
+        raise DataFormatError(f"cannot resample {src:g} Hz to {dst:g} Hz with a rational factor")
+    return resample_poly(np.asarray(x, dtype=np.float64), frac.numerator, frac.denominator, axis=1)
 
 
 def cut_windows(data: np.ndarray, n_times: int) -> np.ndarray:

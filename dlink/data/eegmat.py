@@ -77,7 +77,8 @@ def load(
     folder = require_dataset_dir(data_root, FOLDER, NAME)
     wanted = subjects or subject_ids()
     files = [folder / f"Subject{s}_{k}.edf" for s in wanted for k in (1, 2)]
-    params = {"sfreq": sfreq, "window_s": window_s, "subjects": wanted, "ch_names": CH_NAMES}
+    params = {"sfreq": sfreq, "window_s": window_s, "subjects": wanted, "ch_names": CH_NAMES,
+              "resample": "resample_poly"}
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DataNotFoundError(

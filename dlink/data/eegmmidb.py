@@ -16,7 +16,7 @@ import numpy as np
 
 from dlink.console import track
 from dlink.data.cache import cached
-from dlink.data.edf import check_edf_complete
+from dlink.data.edf import check_edf_complete, resample_uv
 from dlink.data.paths import require_dataset_dir
 from dlink.data.windows import Windows
 from dlink.errors import DataFormatError, DataNotFoundError
@@ -56,7 +56,8 @@ def load(
         raise DataNotFoundError(
             f"{data_root / FOLDER} lacks {', '.join(missing)}: run `dlink data fetch {NAME}`"
         )
-    params = {"sfreq": sfreq, "window_s": window_s, "subjects": subjects, "runs": list(RUNS)}
+    params = {"sfreq": sfreq, "window_s": window_s, "subjects": subjects, "runs": list(RUNS),
+              "resample": "resample_poly"}
     build = lambda: _read(data_root, subjects, sfreq, window_s, files, params)  # noqa: E731
     return cached(NAME, params, files, build, use_cache)
 
@@ -77,25 +78,18 @@ def _read(data_root: Path, subjects: list[int], sfreq: float, window_s: float, f
             eegbci.standardize(raw)
             if not np.isfinite(raw.get_data()).all():
                 raise DataFormatError(f"{path.name} has NaN/Inf samples")
-            raw.resample(sfreq, verbose="error")
-            events, ids = mne.events_from_annotations(
+            events, _ = mne.events_from_annotations(
                 raw, event_id={"T1": 1, "T2": 2}, verbose="error"
             )
-            epochs = mne.Epochs(
-                raw,
-                events,
-                ids,
-                tmin=0.0,
-                tmax=(n_times - 1) / sfreq,
-                baseline=None,
-                preload=True,
-                verbose="error",
-            )
+            src = raw.info["sfreq"]
+            data = resample_uv(raw.get_data() * 1e6, src, sfreq)  # (C, T) µV, the board's rule
+            starts = np.round((events[:, 0] - raw.first_samp) * sfreq / src).astype(int)
+            keep = starts + n_times <= data.shape[1]  # a cue too close to the end has no window
             classes = RUNS[run]
-            X.append((epochs.get_data() * 1e6).astype(np.float32))
-            y.append(np.array([classes[e - 1] for e in epochs.events[:, 2]], dtype=np.int64))
-            subj.append(np.full(len(epochs), f"S{s:03d}"))
-            ch_names = list(epochs.ch_names)
+            X.append(np.stack([data[:, i : i + n_times] for i in starts[keep]]).astype(np.float32))
+            y.append(np.array([classes[e - 1] for e in events[keep, 2]], dtype=np.int64))
+            subj.append(np.full(int(keep.sum()), f"S{s:03d}"))
+            ch_names = list(raw.ch_names)
     return Windows(
         X=np.concatenate(X),
         y=np.concatenate(y),
