@@ -30,7 +30,9 @@ from edge_runtime import EdgeError, StreamingClassifier, open_model
 from edge_runtime.profiling import peak_rss_mb
 from edge_runtime.sources import read_edf
 
-DEFAULT_DATA = Path("/work/shared/data/eegmat")
+# The project's data-root rule (as `dlink.data.data_root`, which a board does not have):
+# $DLINK_DATA_DIR, else ~/.cache/dlink/data; EEGMAT's EDF files are in its eegmat/ folder.
+DEFAULT_DATA = Path(os.environ.get("DLINK_DATA_DIR") or Path.home() / ".cache" / "dlink" / "data") / "eegmat"
 RSS_GOAL_MB = 1.0
 
 
@@ -161,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", type=Path)
     p.add_argument("--hours", type=float, default=1.0, help="stream length to reach (h)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of EDF files")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="folder of EDF files (default: $DLINK_DATA_DIR/eegmat, else "
+                   "~/.cache/dlink/data/eegmat)")
     p.add_argument("--backend", default="auto", choices=("auto", "onnx", "tflite"))
     p.add_argument("--precision", default="int8", choices=("int8", "fp32"))
     p.add_argument("--threads", type=int, default=1)

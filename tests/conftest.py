@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DLINK_DATA_DIR", REPO.parent / "shared" / "data"))
+# The data root of every test (and of the tools they start): the project's rule reads
+# $DLINK_DATA_DIR, so set it before any test module computes a path from it.
+os.environ["DLINK_DATA_DIR"] = str(SHARED_DATA)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,13 @@ Building takes ~20 s (torch + LiteRT conversion), so `cached_model_dir` keeps on
 version of this file under ``$DLINK_EDGE_FIXTURE_CACHE`` (default
 ``/tmp/dlink-edge-fixtures``), re-verified on every use. Tests copy it before tampering.
 Only the tests import torch; the runtime never does.
+
+What ships is tested on `shipped_dir` (fixture ``shipped``): the **default student preset**
+(`dlink.distill.DistillConfig()`'s student, input clip and scaling) trained briefly on real
+EEGMAT (six subjects, labels only) and exported by the real ``dlink-export`` command
+(calibration on the training subjects, parity gate on the test subject; ``--no-gate`` so a
+short-trained model is still written, marked as it scored). It is cached like the fixture
+above, keyed also by the training and export code, and takes ~1-2 min to build.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ CH_NAMES = ("Fp1", "Fp2", "F3", "F4", "F7", "F8", "T3", "T4", "C3", "C4", "T5", 
 SFREQ = 200.0
 N_TIMES = 1000
 CLASS_NAMES = ("rest", "task")
-EEG_FILE = Path("/work/shared/data/eegmat/Subject00_1.edf")
+# Found by the project's data-root rule ($DLINK_DATA_DIR, which tests/conftest.py sets).
+EEG_FILE = Path(os.environ.get("DLINK_DATA_DIR") or Path.home() / ".cache" / "dlink" / "data") \
+    / "eegmat" / "Subject00_1.edf"
 
 
 def default_preprocessing() -> list[dict]:
@@ -210,6 +219,77 @@ def cached_model_dir() -> Path:
     return folder
 
 
+SHIPPED_SUBJECTS = ("00", "01", "02", "03", "31", "35")  # split: train 00-03, val 31, test 35
+SHIPPED_EPOCHS = 3
+
+
+def build_shipped_dir(dest: Path) -> Path:
+    """``dest/student`` (the default student preset, briefly trained), ``dest/data.npz`` (its
+    six subjects) and ``dest/export`` (what ``dlink-export`` writes for it)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from dlink.data import load_windows, split_subjects
+    from dlink.distill import DistillConfig, distill
+
+    torch.set_num_threads(1)
+    windows = load_windows("eegmat", subjects=list(SHIPPED_SUBJECTS))
+    split = split_subjects(windows)
+    cfg = DistillConfig(method="no-kd", epochs=SHIPPED_EPOCHS)  # the default student preset
+    distill(None, windows, split, dest / "student", cfg)
+    np.savez(dest / "data.npz", X=windows.X, y=windows.y, subject=windows.subject,
+             sfreq=windows.sfreq, ch_names=np.array(windows.ch_names),
+             class_names=np.array(windows.class_names))
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", str(dest / "student"), "--out", str(dest / "export"),
+         "--data", str(dest / "data.npz"), "--n-calib", "64", "--no-gate"],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dlink-export failed: {proc.stderr[-3000:]}"
+    return dest
+
+
+def _code_key(*paths: str) -> str:
+    """sha256 over this file and the given repository files/folders' Python sources."""
+    repo = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for rel in paths:
+        target = repo / rel
+        for f in sorted(target.rglob("*.py")) if target.is_dir() else [target]:
+            h.update(str(f.relative_to(repo)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_shipped_dir() -> Path:
+    """A verified `build_shipped_dir` folder, rebuilt when this file or the training or
+    export code changes."""
+    from edge_runtime.errors import EdgeError
+    from edge_runtime.manifest import load_manifest
+
+    key = "shipped-" + _code_key("dlink/student.py", "dlink/distill.py", "dlink/signal.py",
+                                 "dlink/training.py", "dlink/data", "export", "calibration")
+    root = Path(os.environ.get("DLINK_EDGE_FIXTURE_CACHE", "/tmp/dlink-edge-fixtures"))
+    folder = root / key
+    if folder.is_dir():
+        try:
+            load_manifest(folder / "export")
+            return folder
+        except EdgeError:
+            shutil.rmtree(folder, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{key}.tmp"))
+    build_shipped_dir(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in root.glob("shipped-*"):  # folders of earlier code
+        if old.is_dir() and old.name != key and ".tmp" not in old.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def copy_model_dir(src: Path, dest: Path, *, preprocessing: list[dict] | None = None,
                    hop: int | None = None) -> Path:
     """Copy a fixture folder, optionally changing its manifest's preprocessing or hop."""
@@ -282,6 +362,11 @@ if pytest is not None:
     def model_dir() -> Path:
         """The cached fixture folder; copy it (`copy_model_dir`) before changing it."""
         return cached_model_dir()
+
+    @pytest.fixture(scope="session")
+    def shipped() -> Path:
+        """`cached_shipped_dir`: ``student/``, ``data.npz`` and the ``export/`` folder."""
+        return cached_shipped_dir()
 
     @pytest.fixture(scope="session")
     def eeg() -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edge_fixtures import model_dir, run_cli, run_python  # noqa: F401  (pytest fixture)
+from edge_fixtures import EEG_FILE, model_dir, run_cli, run_python  # noqa: F401  (pytest fixture)
 
 from edge_runtime import open_model
 from edge_runtime.preprocessing import StreamStage, apply_window_ops, split_ops
@@ -81,7 +81,7 @@ print("LOADED:", "onnxruntime" in sys.modules)
 
 
 def test_missing_backend_via_cli_is_one_line_and_exit_1(model_dir):  # noqa: F811
-    out = run_cli("run", model_dir, "--edf", "/work/shared/data/eegmat/Subject00_1.edf",
+    out = run_cli("run", model_dir, "--edf", EEG_FILE,
                   "--backend", "tflite", block=("ai_edge_litert", "tflite_runtime"))
     err = out.stderr.decode().strip()
     assert out.returncode == 1, err
