@@ -1,7 +1,9 @@
 """`dlink-edge`: run, profile and budget-check an exported model on the board.
 
 Exit codes: 0 success; 1 a problem the message explains (bad model folder, checksum,
-missing backend, unreadable source, ...); 2 bad command-line usage; 3 over budget (`check`).
+missing backend, unreadable source, ...); 2 bad command-line usage; 3 over budget (`check`);
+4 a live (``--lsl``) stream stopped or vanished before ``--duration`` (decisions and the
+summary are still printed).
 Decisions go to stdout, one line each; tables and summaries to stderr unless asked for.
 """
 
@@ -22,6 +24,7 @@ from edge_runtime.errors import EdgeError
 
 EXIT_ERROR = 1
 EXIT_OVER_BUDGET = 3
+EXIT_STREAM_ENDED = 4
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run an exported DLink model on a board: decisions, profiles, budgets.")
@@ -56,6 +59,11 @@ def _err_console() -> Console:
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     print(f"dlink-edge: error: {message}", file=sys.stderr)
     return typer.Exit(code)
+
+
+def _note(message: str) -> None:
+    """One line on stderr in DLink's words (never a library warning)."""
+    print(f"dlink-edge: {message}", file=sys.stderr)
 
 
 def _handles_errors(fn):
@@ -127,7 +135,7 @@ def run(
     speed: Annotated[float, typer.Option(
         min=1e-3, help="Pace multiplier for --realtime (2 = twice real time).")] = 1.0,
     duration: Annotated[float | None, typer.Option(
-        min=0.0, help="Replay only the first S seconds of the EDF.")] = None,
+        min=0.0, help="Replay only the first S seconds of the EDF (or of the LSL stream).")] = None,
     backend: BackendOpt = BackendChoice.auto,
     precision: PrecisionOpt = PrecisionChoice.int8,
     threads: ThreadsOpt = 1,
@@ -153,22 +161,61 @@ def run(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per decision.")
                      ] = False,
     allow_failed_gate: GateOpt = False,
+    channel_map: Annotated[Path | None, typer.Option(
+        "--channel-map", help="File mapping model channel names to recording labels "
+        "('Fp1 = EEG FP1-A1' lines or a JSON object) for names the automatic rule misses.")
+    ] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="A truncated EDF is an error (exit 1), not a note.")] = False,
+    lsl: Annotated[str | None, typer.Option(
+        "--lsl", help="Classify the live Lab Streaming Layer stream of this name "
+        "(needs dlink[lsl]); --duration stops after that many seconds.")] = None,
+    lsl_wait: Annotated[float, typer.Option(
+        "--lsl-wait", min=0.1, help="Seconds to look for the LSL stream.")] = 10.0,
+    lsl_timeout: Annotated[float, typer.Option(
+        "--lsl-timeout", min=0.1, help="Seconds without a sample after which the LSL stream "
+        "counts as stopped (exit 4).")] = 5.0,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Also print the summary (counters; LSL latency p50/p95, samples "
+        "received/dropped, windows decided) as the last stdout line, {\"summary\": ...}.")
+    ] = False,
 ) -> None:
     """Classify a recording or a live stream; print one line per decision."""
     from edge_runtime.model import open_model
-    from edge_runtime.sources import read_edf, read_raw_stream, replay
+    from edge_runtime.sources import (
+        read_channel_map,
+        read_edf,
+        read_raw_stream,
+        replay,
+        truncation_message,
+    )
     from edge_runtime.stream import StreamingClassifier
 
-    if (edf is None) == (not stdin):
-        raise typer.BadParameter("give exactly one source: --edf FILE or --stdin.")
+    if sum([edf is not None, stdin, lsl is not None]) != 1:
+        raise typer.BadParameter("give exactly one source: --edf FILE, --stdin or --lsl NAME.")
     model = open_model(model_dir, backend=backend.value, precision=precision.value,
                        threads=threads, allow_failed_gate=allow_failed_gate)
     spec = model.manifest.input
+    ch_map = read_channel_map(channel_map) if channel_map is not None else None
+    live = None
     if edf is not None:
-        rec = read_edf(edf, spec.ch_names, spec.sfreq, resample=resample)
+        rec = read_edf(edf, spec.ch_names, spec.sfreq, resample=resample, channel_map=ch_map,
+                       strict=strict)
+        _note(f"channels: {rec.mapping}")
+        if rec.missing_s > 0:
+            _note(truncation_message(edf, rec.missing_s + rec.duration_s, rec.duration_s))
         data = rec.data if duration is None else rec.data[:, : int(duration * spec.sfreq)]
         chunks = replay(data, spec.sfreq, chunk_s=chunk_s, realtime=realtime, speed=speed)
         device_sfreq = None
+    elif lsl is not None:
+        from edge_runtime.lsl import LSLSource
+
+        live = LSLSource(lsl, spec.ch_names, spec.sfreq, channel_map=ch_map, resample=resample,
+                         resolve_s=lsl_wait, stall_s=lsl_timeout)
+        _note(f"LSL stream {lsl!r} at {live.sfreq:g} Hz ({live.units_note}); channels: "
+              f"{live.match.describe()}")
+        chunks = live.chunks(duration)
+        device_sfreq = live.sfreq
     else:
         chunks = read_raw_stream(sys.stdin.buffer, spec.n_chans, layout=layout.value,
                                  block=block)
@@ -176,18 +223,55 @@ def run(
     clf = StreamingClassifier(model, hop=hop, device_sfreq=device_sfreq,
                               nonfinite=nonfinite.value)
     names = list(model.class_names)
+    ended = None
     try:
-        for chunk in chunks:
-            for r in clf.push(chunk):
+        for chunk in _decisions(chunks, clf, live, spec.sfreq):
+            for r in chunk:
                 line = json.dumps(r.to_dict()) if jsonl else _format_result(r, names)
-                print(line, flush=realtime or stdin)
+                print(line, flush=realtime or stdin or live is not None)
     except KeyboardInterrupt:
         _err_console().print(_stats_table(clf.stats, "stream (interrupted)"))
         raise typer.Exit(130) from None
+    except EdgeError as exc:
+        if live is None or not live.stats.end_reason:
+            raise
+        ended = exc
     finally:
         sys.stdout.flush()
+        if live is not None:
+            live.close()
+    summary = clf.stats.to_dict()
+    if live is not None:
+        summary["lsl"] = live.stats.to_dict(clf.stats.windows_decided)
     title = f"{model.artifact.path} on {model.backend_name}"
-    _err_console().print(_stats_table(clf.stats, title))
+    _err_console().print(_summary_table(summary, title))
+    if as_json:
+        print(json.dumps({"summary": summary}), flush=True)
+    if ended is not None:
+        raise _fail(str(ended), EXIT_STREAM_ENDED)
+
+
+def _decisions(chunks, clf, live, model_sfreq):
+    """Yield the results of each pushed chunk; live chunks bring gaps and latencies."""
+    for chunk in chunks:
+        if live is None:
+            yield clf.push(chunk)
+            continue
+        results = (clf.push_gap(chunk.gap) if chunk.gap else []) + clf.push(chunk.samples)
+        for r in results:
+            live.latency(r.stop, model_sfreq)
+        yield results
+
+
+def _summary_table(summary: dict, title: str) -> Table:
+    table = Table(title=title, show_header=True)
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    flat = {k: v for k, v in summary.items() if k != "lsl"}
+    flat.update({f"lsl {k}": v for k, v in summary.get("lsl", {}).items()})
+    for key, value in flat.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    return table
 
 
 def _profile(model_dir, backend, precision, threads, windows, warmup, edf, allow_failed_gate,

@@ -1,11 +1,14 @@
 """Sample sources: EDF replay (edfio) and raw float32 samples from a binary stream.
 
-EDF channels are matched to the manifest's names by label, tolerant to case, an
-``EEG `` type prefix, a reference suffix (``-REF``, ``-LE``, ``-AR``, ``-AVG``) and the
-old/new 10-20 names of the temporal electrodes (T3/T7, T4/T8, T5/P7, T6/P8). Physical
-values are converted to µV from the signal's physical dimension. A recording at another
-rate is resampled with `scipy.signal.resample_poly` over the whole file (zero-phase), or
-refused with ``resample=False``.
+EDF channels are matched to the manifest's names by `edge_runtime.channels` (case, an
+``EEG `` prefix, BCI2000's trailing dots, reference suffixes, T3/T7, T4/T8, T5/P7, T6/P8,
+and an optional user map), the rule the training loaders share. Physical values are
+converted to µV from the signal's physical dimension. A recording at another rate is
+resampled with `scipy.signal.resample_poly` over the whole file (zero-phase), or refused
+with ``resample=False``. A file shorter than its header promises (a truncated copy) is
+read up to its last complete data record and ``Recording.missing_s`` says how many
+seconds are missing; ``strict=True`` makes it a `SourceError`. edfio's own warnings are
+never shown: DLink says it in one line.
 
 Raw stdin format: little-endian float32 µV at the stated rate, either
 
@@ -20,8 +23,8 @@ raised after every complete sample has been yielded: nothing is dropped silently
 
 from __future__ import annotations
 
-import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +32,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from edge_runtime import channels
 from edge_runtime.errors import SourceError
 from edge_runtime.resample import rational_ratio
 
 _UNIT_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
-_ALIASES = {"t3": "t7", "t7": "t3", "t4": "t8", "t8": "t4", "t5": "p7", "p7": "t5",
-            "t6": "p8", "p8": "t6"}
 STDIN_LAYOUTS = ("interleaved", "channel-major")
 
 
@@ -46,44 +48,73 @@ class Recording:
     sfreq: float  # Hz
     ch_names: tuple[str, ...]
     source: str  # where it came from (path)
+    mapping: str = ""  # how the channels were found (`ChannelMatch.describe`)
+    missing_s: float = 0.0  # seconds the file's header promises but the file lacks
 
     @property
     def duration_s(self) -> float:
         return self.data.shape[1] / self.sfreq
 
 
-def normalize_label(label: str) -> str:
-    """'EEG Fp1-REF' -> 'fp1'."""
-    s = label.strip().lower()
-    s = re.sub(r"^eeg[\s:_-]+", "", s)
-    s = re.sub(r"[\s_-]+(ref|le|ar|avg)$", "", s)
-    return s.strip()
+def match_channels(labels: list[str], wanted: tuple[str, ...],
+                   channel_map: dict[str, str] | None = None) -> list[int]:
+    """Index into ``labels`` of each wanted channel (`edge_runtime.channels` rule)."""
+    return list(find_channels(labels, wanted, channel_map).picks)
 
 
-def match_channels(labels: list[str], wanted: tuple[str, ...]) -> list[int]:
-    """Index into ``labels`` of each wanted channel; SourceError naming what is missing."""
-    norm = [normalize_label(lab) for lab in labels]
-    picks, missing = [], []
-    for name in wanted:
-        idx = [i for i, lab in enumerate(labels) if lab == name]
-        if not idx:
-            key = normalize_label(name)
-            idx = [i for i, n in enumerate(norm) if n == key]
-            if not idx and key in _ALIASES:
-                idx = [i for i, n in enumerate(norm) if n == _ALIASES[key]]
-        if len(idx) > 1:
-            raise SourceError(
-                f"channel {name!r} matches several labels: {[labels[i] for i in idx]}."
-            )
-        if idx:
-            picks.append(idx[0])
-        else:
-            missing.append(name)
-    if missing:
-        raise SourceError(
-            f"the recording lacks channel(s) {missing} the model needs; it has {labels}."
-        )
-    return picks
+def find_channels(labels, wanted, channel_map=None) -> channels.ChannelMatch:
+    """`channels.match_channels` with its errors as `SourceError`."""
+    try:
+        return channels.match_channels(labels, wanted, channel_map)
+    except channels.ChannelMatchError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def read_channel_map(path: str | Path) -> dict[str, str]:
+    """A ``--channel-map`` file: JSON object or ``MODEL_NAME = RECORDING_LABEL`` lines."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"channel map {path} cannot be read: {exc}") from exc
+    try:
+        return channels.parse_channel_map(text, source=f"channel map {path}")
+    except channels.ChannelMatchError as exc:
+        raise SourceError(str(exc)) from exc
+
+
+def edf_shortfall(path: str | Path) -> tuple[float, float]:
+    """(seconds the EDF header promises, seconds of complete data records in the file).
+
+    Reads only the header; SourceError if it is not an EDF header. A header with an
+    unknown record count (-1) promises what the file holds.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(256)
+        if len(head) < 256 or not head[:8].strip().isdigit():
+            raise SourceError(f"{path} is not an EDF file ({size} bytes, no EDF header).")
+        try:
+            header_bytes, n_records = int(head[184:192]), int(head[236:244])
+            record_s, n_signals = float(head[244:252]), int(head[252:256])
+            f.seek(256 + n_signals * 216)
+            record_bytes = 2 * sum(int(f.read(8)) for _ in range(n_signals))
+        except ValueError as exc:
+            raise SourceError(f"{path} has a malformed EDF header: {exc}") from exc
+    if record_bytes <= 0 or size < header_bytes:
+        raise SourceError(f"{path} has a malformed EDF header ({size} bytes, header "
+                          f"{header_bytes} bytes, {record_bytes} bytes per record).")
+    present = (size - header_bytes) // record_bytes
+    promised = present if n_records < 0 else n_records
+    return promised * record_s, min(present, promised) * record_s
+
+
+def truncation_message(path: str | Path, promised_s: float, present_s: float) -> str:
+    """The one line DLink says about a truncated EDF (runtime and training loaders)."""
+    return (f"{Path(path).name} is truncated: {promised_s - present_s:g} s of the "
+            f"{promised_s:g} s its header promises are missing; using the first "
+            f"{present_s:g} s.")
 
 
 def _to_uv(unit: str, label: str) -> float:
@@ -96,7 +127,8 @@ def _to_uv(unit: str, label: str) -> float:
 
 
 def read_edf(path: str | Path, ch_names: tuple[str, ...], sfreq: float, *,
-             resample: bool = True) -> Recording:
+             resample: bool = True, channel_map: dict[str, str] | None = None,
+             strict: bool = False) -> Recording:
     """Read the model's channels from an EDF/EDF+ file as µV at ``sfreq``.
 
     Parameters
@@ -105,24 +137,33 @@ def read_edf(path: str | Path, ch_names: tuple[str, ...], sfreq: float, *,
     ch_names : channels in the order the model expects (the manifest's ``ch_names``).
     sfreq : the model's rate in Hz.
     resample : resample a file at another rate (rational factor) instead of refusing it.
+    channel_map : model name -> EDF label for names the matching rule does not find.
+    strict : a file shorter than its header promises is an error, not a note.
 
     Raises
     ------
-    SourceError : unreadable file, missing channels, unknown units, rate mismatch.
+    SourceError : unreadable or truncated (strict) file, missing channels, unknown units,
+        rate mismatch.
     """
     import edfio
 
     path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"EDF file {path} does not exist.")
+    promised_s, present_s = edf_shortfall(path)
+    if strict and present_s < promised_s:
+        raise SourceError(truncation_message(path, promised_s, present_s).split(";")[0]
+                          + " (--strict).")
     try:
-        edf = edfio.read_edf(path)
-    except FileNotFoundError as exc:
-        raise SourceError(f"EDF file {path} does not exist.") from exc
+        with warnings.catch_warnings():  # truncation is reported by us, in one line
+            warnings.simplefilter("ignore")
+            edf = edfio.read_edf(path)
     except Exception as exc:  # edfio raises ValueError and friends on bad headers
         raise SourceError(f"{path} is not a readable EDF file: {exc}") from exc
-    signals = list(edf.signals)
-    picks = match_channels([s.label for s in signals], ch_names)
+    signals = [s for s in edf.signals if s.label != "EDF Annotations"]
+    match = find_channels([s.label for s in signals], ch_names, channel_map)
     rows = []
-    for i in picks:
+    for i in match.picks:
         sig = signals[i]
         x = np.asarray(sig.data, dtype=np.float64) * _to_uv(sig.physical_dimension, sig.label)
         rate = float(sig.sampling_frequency)
@@ -136,8 +177,11 @@ def read_edf(path: str | Path, ch_names: tuple[str, ...], sfreq: float, *,
             x = _resample_poly(x, rate, sfreq)
         rows.append(x)
     n = min(len(r) for r in rows)
+    if n == 0:
+        raise SourceError(f"{path} holds no samples of the model's channels.")
     data = np.stack([r[:n] for r in rows])  # (C, N)
-    return Recording(data=data, sfreq=float(sfreq), ch_names=tuple(ch_names), source=str(path))
+    return Recording(data=data, sfreq=float(sfreq), ch_names=tuple(ch_names), source=str(path),
+                     mapping=match.describe(), missing_s=promised_s - present_s)
 
 
 def _resample_poly(x: np.ndarray, src: float, dst: float) -> np.ndarray:

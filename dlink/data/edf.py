@@ -2,56 +2,81 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from dlink.data import channels
 from dlink.errors import DataFormatError, DataNotFoundError
 
 
-def check_edf_complete(path: Path) -> None:
-    """Raise `DataFormatError` if the file is shorter than its EDF header promises."""
+def edf_shortfall(path: Path) -> tuple[float, float]:
+    """(seconds the EDF header promises, seconds of complete data records in the file).
+
+    The rule `edge_runtime.sources.edf_shortfall` applies on the board (edge_runtime imports
+    no dlink code, so it is written in both). A record count of -1 promises what is there.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(256)
-        if len(head) < 256:
-            raise DataFormatError(f"{path} is not an EDF file (only {size} bytes)")
+        if len(head) < 256 or not head[:8].strip().isdigit():
+            raise DataFormatError(f"{path} is not an EDF file ({size} bytes, no EDF header)")
         try:
-            header_bytes = int(head[184:192])
-            n_records = int(head[236:244])
-            n_signals = int(head[252:256])
+            header_bytes, n_records = int(head[184:192]), int(head[236:244])
+            record_s, n_signals = float(head[244:252]), int(head[252:256])
             f.seek(256 + n_signals * 216)
-            spr = [int(f.read(8)) for _ in range(n_signals)]
+            record_bytes = 2 * sum(int(f.read(8)) for _ in range(n_signals))
         except ValueError as exc:
             raise DataFormatError(f"{path} has a malformed EDF header: {exc}") from exc
-    if n_records < 0:
-        return  # length unknown to the header (allowed by the spec)
-    expected = header_bytes + n_records * 2 * sum(spr)
-    if size < expected:
-        raise DataFormatError(
-            f"{path} is truncated: {size} bytes, its header promises {expected}; "
-            "fetch it again (`dlink data fetch`)"
-        )
+    if record_bytes <= 0 or size < header_bytes:
+        raise DataFormatError(f"{path} has a malformed EDF header ({size} bytes)")
+    present = (size - header_bytes) // record_bytes
+    promised = present if n_records < 0 else n_records
+    return promised * record_s, min(present, promised) * record_s
+
+
+def check_edf_complete(path: Path, strict: bool = False) -> float:
+    """Seconds of complete data in ``path``; a file shorter than its header promises gets
+    one warning line saying how many seconds are missing, or with ``strict`` a
+    `DataFormatError`."""
+    from dlink.console import stderr
+
+    promised, present = edf_shortfall(Path(path))
+    if present < promised:
+        msg = (f"{Path(path).name} is truncated: {promised - present:g} s of the {promised:g} s "
+               f"its header promises are missing")
+        if strict:
+            raise DataFormatError(f"{msg}; fetch it again (`dlink data fetch`)")
+        stderr.print(f"[bold yellow]warning:[/] {msg}; using the first {present:g} s.",
+                     highlight=False, soft_wrap=True)
+    return present
 
 
 def read_edf_uv(
     path: Path,
     ch_names: Sequence[str],
     *,
-    rename: Callable[[str], str] = lambda name: name,
+    channel_map: dict[str, str] | None = None,
     expected_sfreq: float | None = None,
     target_sfreq: float | None = None,
+    strict: bool = False,
+    quiet: bool = False,
 ):
     """Read `ch_names` (in that order) from an EDF as µV, resampled to `target_sfreq`.
 
     Parameters
     ----------
     path : the EDF file.
-    ch_names : canonical channel names wanted, in output order.
-    rename : maps a file label (e.g. ``"EEG Fp1"``) to a canonical name (``"Fp1"``).
+    ch_names : canonical channel names wanted, in output order, found among the file's
+        labels by the rule the board uses (`dlink.data.channels`: ``EEG Fp1`` -> Fp1,
+        ``T7..`` -> T3, ...).
+    channel_map : name -> file label, for names the rule does not find.
     expected_sfreq : the rate the data set is recorded at, Hz; another rate is an error.
     target_sfreq : resample to this rate, Hz (`resample_uv`, the board's rule).
+    strict : a truncated file is an error (else one warning line; the complete records
+        are used).
+    quiet : no warning line (the caller already said it).
 
     Returns
     -------
@@ -59,23 +84,20 @@ def read_edf_uv(
         file's own rate.
     data_uv : (C, T) float32 array in µV at ``target_sfreq``.
     """
-    import mne
 
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"recording {path} does not exist: run `dlink data fetch`")
-    check_edf_complete(path)
+    present_s = check_edf_complete(path, strict) if not quiet else edf_shortfall(path)[1]
+    raw = read_raw_quietly(path)
     try:
-        raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
-    except Exception as exc:  # MNE raises bare ValueError/RuntimeError on broken files
-        raise DataFormatError(f"{path} could not be read as EDF: {exc}") from exc
-    raw.rename_channels({c: rename(c) for c in raw.ch_names})
-    missing = [c for c in ch_names if c not in raw.ch_names]
-    if missing:
-        raise DataFormatError(
-            f"{path.name} lacks channel(s) {', '.join(missing)}; it has {', '.join(raw.ch_names)}"
-        )
-    raw.pick(list(ch_names))
+        match = channels.match_channels(raw.ch_names, ch_names, channel_map)
+    except channels.ChannelMatchError as exc:
+        raise DataFormatError(f"{path.name}: {exc}") from exc
+    raw.pick(list(match.labels))
+    raw.rename_channels(dict(zip(match.labels, ch_names)))
+    if raw.times[-1] >= present_s:  # never the padding of an incomplete last record
+        raw.crop(0, present_s, include_tmax=False)
     sfreq = raw.info["sfreq"]
     if expected_sfreq is not None and abs(sfreq - expected_sfreq) > 1e-6:
         raise DataFormatError(
@@ -90,6 +112,21 @@ def read_edf_uv(
     if target_sfreq is not None and abs(sfreq - target_sfreq) > 1e-6:
         data = resample_uv(data, sfreq, target_sfreq)
     return raw, data.astype(np.float32)
+
+
+def read_raw_quietly(path: Path):
+    """``mne.io.read_raw_edf`` (preloaded) with MNE's and Python's warnings silenced: DLink
+    reports problems itself, in one line."""
+    import warnings
+
+    import mne
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mne.io.read_raw_edf(path, preload=True, verbose="error")
+    except Exception as exc:  # MNE raises bare ValueError/RuntimeError on broken files
+        raise DataFormatError(f"{path} could not be read as EDF: {exc}") from exc
 
 
 def resample_uv(x: np.ndarray, src: float, dst: float) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from dlink.console import track
 from dlink.data.cache import cached
 from dlink.data.checksums import read_registry
-from dlink.data.edf import cut_windows, read_edf_uv
+from dlink.data.edf import check_edf_complete, cut_windows, read_edf_uv
 from dlink.data.paths import require_dataset_dir
 from dlink.data.windows import Windows
 from dlink.errors import DataNotFoundError
@@ -62,18 +62,17 @@ def subject_ids() -> list[str]:
     return sorted({m.group(1) for n in registry() if (m := _FILE.match(n))})
 
 
-def _canonical(label: str) -> str:
-    return label.removeprefix("EEG ").strip()
-
-
 def load(
     data_root: Path,
     sfreq: float = 200.0,
     window_s: float = 5.0,
     subjects: list[str] | None = None,
     use_cache: bool = True,
+    strict: bool = False,
 ) -> Windows:
-    """Windows of EEGMAT; see the module docstring. ``subjects``: e.g. ``["00", "01"]``."""
+    """Windows of EEGMAT; see the module docstring. ``subjects``: e.g. ``["00", "01"]``.
+    A truncated recording gets one warning line (its complete records are used), or is an
+    error with ``strict``."""
     folder = require_dataset_dir(data_root, FOLDER, NAME)
     wanted = subjects or subject_ids()
     files = [folder / f"Subject{s}_{k}.edf" for s in wanted for k in (1, 2)]
@@ -85,6 +84,8 @@ def load(
             f"{folder} lacks {len(missing)} recording(s) ({', '.join(missing[:3])}...): "
             f"run `dlink data fetch {NAME}`"
         )
+    for f in files:  # before the cache, so that a cached truncated file still says so
+        check_edf_complete(f, strict)
     return cached(NAME, params, files, lambda: _read(files, sfreq, window_s, params), use_cache)
 
 
@@ -92,9 +93,8 @@ def _read(files: list[Path], sfreq: float, window_s: float, params: dict) -> Win
     n_times = int(round(window_s * sfreq))
     X, y, subj = [], [], []
     for path in track(files, "Reading EEGMAT"):
-        _, data = read_edf_uv(
-            path, CH_NAMES, rename=_canonical, expected_sfreq=SOURCE_SFREQ, target_sfreq=sfreq
-        )
+        _, data = read_edf_uv(path, CH_NAMES, expected_sfreq=SOURCE_SFREQ, target_sfreq=sfreq,
+                              quiet=True)
         w = cut_windows(data, n_times)
         m = _FILE.search(path.name)
         X.append(w)

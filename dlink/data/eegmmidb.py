@@ -16,7 +16,7 @@ import numpy as np
 
 from dlink.console import track
 from dlink.data.cache import cached
-from dlink.data.edf import check_edf_complete, resample_uv
+from dlink.data.edf import check_edf_complete, edf_shortfall, read_raw_quietly, resample_uv
 from dlink.data.paths import require_dataset_dir
 from dlink.data.windows import Windows
 from dlink.errors import DataFormatError, DataNotFoundError
@@ -46,8 +46,10 @@ def load(
     window_s: float = 4.0,
     subjects: list[int] | None = None,
     use_cache: bool = True,
+    strict: bool = False,
 ) -> Windows:
-    """Motor-imagery trials of the given subjects (default: subject 1)."""
+    """Motor-imagery trials of the given subjects (default: subject 1). A truncated run
+    gets one warning line (its complete records are used), or is an error with ``strict``."""
     require_dataset_dir(data_root, FOLDER, NAME)
     subjects = [int(s) for s in (subjects or [1])]
     files = [run_path(data_root, s, r) for s in subjects for r in RUNS]
@@ -58,6 +60,8 @@ def load(
         )
     params = {"sfreq": sfreq, "window_s": window_s, "subjects": subjects, "runs": list(RUNS),
               "resample": "resample_poly"}
+    for f in files:  # before the cache, so that a cached truncated file still says so
+        check_edf_complete(f, strict)
     build = lambda: _read(data_root, subjects, sfreq, window_s, files, params)  # noqa: E731
     return cached(NAME, params, files, build, use_cache)
 
@@ -72,9 +76,11 @@ def _read(data_root: Path, subjects: list[int], sfreq: float, window_s: float, f
     for s in track(subjects, "Reading eegmmidb"):
         paths = eegbci.load_data(s, list(RUNS), path=data_root, update_path=False, verbose="error")
         for path in map(Path, paths):
-            check_edf_complete(path)
             run = int(path.stem[-2:])
-            raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
+            raw = read_raw_quietly(path)
+            present_s = edf_shortfall(path)[1]
+            if raw.times[-1] >= present_s:  # never the padding of an incomplete last record
+                raw.crop(0, present_s, include_tmax=False)
             eegbci.standardize(raw)
             if not np.isfinite(raw.get_data()).all():
                 raise DataFormatError(f"{path.name} has NaN/Inf samples")
