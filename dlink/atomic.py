@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlink.errors import ConfigError
+
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
@@ -36,3 +38,17 @@ def savez_atomic(path: str | Path, **arrays: np.ndarray) -> None:
     tmp = _tmp(path)  # keeps the .npz suffix, so numpy does not append one
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
+
+
+def check_writable(folder: str | Path, what: str = "--out") -> None:
+    """Create ``folder`` and write a probe file in it, or raise a one-line `ConfigError`
+    (before any long work, not after it)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {what} {folder} ({exc.strerror or exc}); give a "
+                          "folder you can write to.") from exc

@@ -229,6 +229,7 @@ def pretrain(
     from dlink.pretrain import PretrainConfig
     from dlink.pretrain import pretrain as run
 
+    _writable(out)
     _threads()
     cfg = PretrainConfig(
         preset=preset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dropout=dropout
@@ -268,6 +269,7 @@ def finetune(
     from dlink.finetune import FinetuneConfig
     from dlink.finetune import finetune as run
 
+    _writable(out)  # before importing torch and reading data: a bad --out costs nothing
     _threads()
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, seed=seed)
@@ -307,6 +309,7 @@ def distill(
     from dlink.distill import DistillConfig
     from dlink.distill import distill as run
 
+    _writable(out)  # before importing torch and reading data: a bad --out costs nothing
     _threads()
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed)
@@ -352,17 +355,26 @@ def _load(data, data_dir, subjects: str | None):
     return windows.of_subjects(wanted)
 
 
+FOLDS = 6  # --fold K picks fold K of this many subject-wise folds
+
+
 def _windows_and_split(data, data_dir, fold, subjects=None):
     from dlink.data import kfold_subjects, split_subjects
     from dlink.errors import ConfigError
 
+    if fold is not None and not 0 <= fold < FOLDS:  # before minutes of reading data
+        raise ConfigError(f"--fold {fold} does not exist: the subject split has folds 0..{FOLDS - 1}")
     windows = _load(data, data_dir, subjects)
     if fold is None:
         return windows, split_subjects(windows)
-    folds = kfold_subjects(windows)
-    if not 0 <= fold < len(folds):
-        raise ConfigError(f"--fold {fold} does not exist: the subject split has folds 0..{len(folds) - 1}")
-    return windows, folds[fold]
+    return windows, kfold_subjects(windows, k=FOLDS)[fold]
+
+
+def _writable(out: Path) -> None:
+    """Fail now, in one line, if ``out`` cannot be created or written (not after training)."""
+    from dlink.atomic import check_writable
+
+    check_writable(out, "--out")
 
 
 def _print_metrics(what: str, metrics: dict) -> None:

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlink.atomic import savez_atomic, write_bytes_atomic, write_text_atomic
+from dlink.atomic import check_writable, savez_atomic, write_bytes_atomic, write_text_atomic
 from dlink.console import stderr
 from dlink.errors import ConfigError, DLinkError
 
 BOARDS = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano")
-REFERENCE_MODEL = Path(__file__).resolve().parent / "reference"  # package data
 
 
 @dataclass(frozen=True)
@@ -89,21 +88,14 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, out: Path, data_dir: Path | None = None):
         self.cfg, self.out, self.data_dir = cfg, Path(out), data_dir
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(f"cannot write to --out {self.out} ({exc.strerror or exc}); "
-                              "give a folder you can write to.") from exc
+        check_writable(self.out, "--out")
         self.record_path = self.out / "pipeline.json"
         saved = self._load_record()
         self.records = {k: _Record(**v) for k, v in saved.get("stages", {}).items()}
         changed = _changed_settings(saved.get("config"), asdict(cfg))
         if changed:
             stderr.print(f"settings changed since the last run in {self.out}: {changed}; "
-                         "the stages they feed run again", highlight=False)
+                         "the stages they feed run again", highlight=False, soft_wrap=True)
 
     def _load_record(self) -> dict:
         if not self.record_path.is_file():
@@ -244,10 +236,10 @@ class Pipeline:
         folder = self.out / "profile"
         folder.mkdir(exist_ok=True)
         model = str(self.out / "export")
+        from dlink.gate import REFERENCE_DIR  # packaged: a plain install times it too
+
         common = ["--threads", "1", "--windows", str(self.cfg.profile_windows), "--json",
-                  "--allow-failed-gate"]
-        if REFERENCE_MODEL.is_dir():
-            common += ["--reference", str(REFERENCE_MODEL)]
+                  "--allow-failed-gate", "--reference", str(REFERENCE_DIR)]
         for backend in ("onnx", "tflite"):
             self._tool("edge_runtime.cli", "profile", model, "--backend", backend, *common,
                        stdout=folder / f"{backend}.json")
