@@ -510,6 +510,13 @@ def _draw_confusion(ax, cm: np.ndarray, names: list[str], title: str) -> None:
            xlabel="predicted", ylabel="true", title=title)
 
 
+def _machine(ctx: _Context, profile: dict) -> str:
+    """Where a profile was timed: its own label, with the CPU from metrics.json if known."""
+    where = (ctx.json("metrics.json", required=False) or {}).get("measured_on") or {}
+    cpu = f" ({where['cpu']}, {where.get('cores')} cores)" if where.get("cpu") else ""
+    return (profile.get("machine") or "this machine") + cpu
+
+
 def _latency_section(ctx: _Context) -> str:
     reps = {b: rep for b in ("onnx", "tflite")
             if (rep := _profile(ctx.json(f"profile/{b}.json", required=False)))}
@@ -521,9 +528,10 @@ def _latency_section(ctx: _Context) -> str:
         rows.append([f"{r['artifact']} on {b}", _num(r["latency_ms"]["p50"]),
                      _num(r["latency_ms"]["p95"]), _num(r["decision_ms"]["p95"]),
                      _num(ref.get("p50_ms")), _num(r.get("latency_ratio")),
-                     _num(r.get("throughput_wps"), 0), _num(r.get("peak_rss_mb"), 1)])
+                     _num(r.get("throughput_wps"), 0), _num(r.get("peak_rss_mb"), 1),
+                     html.escape(_machine(ctx, r))])
     table = _table(["model", "p50 ms", "p95 ms", "decision p95 ms", "reference p50 ms",
-                    "ratio", "windows/s", "peak RSS MB"], rows)
+                    "ratio", "windows/s", "peak RSS MB", "measured on"], rows)
     with_samples = {b: r for b, r in reps.items() if r.get("latency_samples_ms")}
     if not with_samples:
         return table + _note("the profiles hold no per-window latencies "
