@@ -587,7 +587,7 @@ def _budget_section(ctx: _Context) -> str:
 def _stream_section(ctx: _Context) -> str:
     """Overall and per-class accuracy of the streamed decisions, then each recording."""
     stream = ctx.json("stream.json")
-    if "per_class" not in stream:
+    if "recordings" not in stream:  # an older or hand-made stream.json
         return _generic(stream)
     head = {k: stream.get(k) for k in ("decisions", "accepted", "accuracy", "balanced_accuracy")}
     return (_generic(head) + _generic(stream["per_class"]) + _generic(stream["recordings"]))
