@@ -88,13 +88,15 @@ class OnnxBackend:
         if len(inputs) != 1:
             raise BackendError(f"{path} has {len(inputs)} inputs; the runtime feeds one.")
         self._input = input_name
+        self._outputs = [o.name for o in self._sess.get_outputs()[:1]]
         self.input_shape = tuple(inputs[input_name].shape)
         batch = self.input_shape[0] if self.input_shape else 1
         self.max_batch = batch if isinstance(batch, int) and batch > 0 else 64
 
     def run(self, x: np.ndarray) -> np.ndarray:
         try:
-            out = self._sess.run(None, {self._input: np.ascontiguousarray(x, np.float32)})
+            out = self._sess.run(self._outputs,
+                                 {self._input: np.ascontiguousarray(x, np.float32)})
         except Exception as exc:  # ORT raises its own untyped exceptions
             raise BackendError(f"ONNX Runtime failed on a batch of shape {x.shape}: {exc}") \
                 from exc
@@ -137,8 +139,11 @@ class LiteRTBackend:
             return x.astype(dt, copy=False)
         scale, zero = self._in["quantization"]
         info = np.iinfo(dt)
-        q = np.round(x / np.float32(scale)) + zero
-        return np.clip(q, info.min, info.max).astype(dt)
+        q = np.divide(x, np.float32(scale), dtype=np.float32)  # one temporary, then in place
+        np.rint(q, out=q)
+        q += np.float32(zero)
+        np.clip(q, info.min, info.max, out=q)
+        return q.astype(dt)
 
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         if self.output_dtype.kind not in "iu":

@@ -72,9 +72,12 @@ class EdgeModel:
             )
         x = np.asarray(x, dtype=np.float32)
         step = self.backend.max_batch
-        outs = [self.backend.run(x[i:i + step]) for i in range(0, x.shape[0], step)]
-        y = np.concatenate(outs, axis=0) if outs else np.zeros((0, len(self.class_names)),
-                                                               np.float32)
+        if 0 < x.shape[0] <= step:  # the streaming case: one call, no concatenation
+            y = self.backend.run(x)
+        else:
+            outs = [self.backend.run(x[i:i + step]) for i in range(0, x.shape[0], step)]
+            y = np.concatenate(outs, axis=0) if outs else \
+                np.zeros((0, len(self.class_names)), np.float32)
         if y.shape != (x.shape[0], len(self.class_names)):
             raise BackendError(
                 f"{self.artifact.path} returned shape {y.shape}; the manifest lists "

@@ -32,6 +32,7 @@ Every sample is accounted for by `StreamStats`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -39,8 +40,7 @@ import numpy as np
 
 from edge_runtime.errors import ChannelMismatchError, NonFiniteError
 from edge_runtime.model import EdgeModel
-from edge_runtime.preprocessing import StreamStage, apply_window_ops, hold_fill, split_ops
-from edge_runtime.resample import StreamingResampler
+from edge_runtime.preprocessing import StreamStage, WindowStage, hold_fill, split_ops
 
 NONFINITE_POLICIES = ("reject", "hold", "raise")
 
@@ -112,39 +112,73 @@ class StreamStats:
 
 
 class _Buffer:
-    """Growable (C, capacity) float64 buffer of stream samples with a bad-sample mask;
-    ``data[:, lo:hi]`` holds absolute samples ``[lo_abs, lo_abs + hi - lo)``."""
+    """Growable (C, capacity) float32 buffer of stream samples with a bad-sample mask;
+    ``data[:, lo:hi]`` holds absolute samples ``[lo_abs, lo_abs + hi - lo)``.
+
+    float32 is the model's input type: each sample is rounded once, on the way in, and a
+    window is a plain copy out."""
 
     def __init__(self, n_chans: int, capacity: int):
-        self.data = np.empty((n_chans, capacity))
+        self.data = np.empty((n_chans, capacity), np.float32)
         self.bad = np.zeros(capacity, bool)
         self.lo = self.hi = self.lo_abs = 0
+        self.bad_stop_abs = 0  # absolute index just after the last bad sample appended
 
     @property
     def stop_abs(self) -> int:
         return self.lo_abs + self.hi - self.lo
 
-    def append(self, y: np.ndarray, bad: np.ndarray) -> None:
-        n = y.shape[1]
+    def _reserve(self, n: int) -> None:
+        """Make room for n more samples after ``hi`` (compact, or grow)."""
         if self.hi + n > self.data.shape[1]:
             kept = self.hi - self.lo
             if kept + n > self.data.shape[1]:  # grow
                 cap = max(2 * self.data.shape[1], kept + n)
-                data, mask = np.empty((self.data.shape[0], cap)), np.zeros(cap, bool)
+                data = np.empty((self.data.shape[0], cap), np.float32)
+                mask = np.zeros(cap, bool)
             else:  # compact in place
                 data, mask = self.data, self.bad
             data[:, :kept] = self.data[:, self.lo:self.hi]
             mask[:kept] = self.bad[self.lo:self.hi]
             self.data, self.bad, self.lo, self.hi = data, mask, 0, kept
-        self.data[:, self.hi:self.hi + n] = y
-        self.bad[self.hi:self.hi + n] = bad
+
+    def append_finite(self, x: np.ndarray) -> bool:
+        """Append (C, n) samples if all are finite (as float32); else append nothing and
+        return False. Copies first and checks the float32 copy, still in cache: one pass
+        over the caller's samples."""
+        n = x.shape[1]
+        self._reserve(n)
+        dst = self.data[:, self.hi:self.hi + n]
+        dst[...] = x  # rounds to float32
+        # A sum is finite iff every term is (NaN and ±Inf propagate); a float32 overflow
+        # of huge finite samples only sends them down the exact path.
+        if not math.isfinite(dst.sum()):
+            return False  # not committed: `hi` did not move
+        self.bad[self.hi:self.hi + n] = False
+        self.hi += n
+        return True
+
+    def append(self, y: np.ndarray, bad: np.ndarray | None) -> None:
+        """Add (C, n) samples; ``bad`` (n,) bool, or None when none is bad."""
+        n = y.shape[1]
+        self._reserve(n)
+        self.data[:, self.hi:self.hi + n] = y  # rounds to float32
+        if bad is None:
+            self.bad[self.hi:self.hi + n] = False
+        else:
+            self.bad[self.hi:self.hi + n] = bad
+            hits = np.flatnonzero(bad)
+            if hits.size:
+                self.bad_stop_abs = self.stop_abs + int(hits[-1]) + 1
         self.hi += n
 
-    def view(self, start_abs: int, stop_abs: int) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, start_abs: int, stop_abs: int) -> tuple[np.ndarray, int]:
+        """(C, T) float32 view of samples [start_abs, stop_abs) and how many are bad."""
         a = self.lo + start_abs - self.lo_abs
         b = self.lo + stop_abs - self.lo_abs
         assert a >= self.lo and b <= self.hi, "window outside the buffered samples"
-        return self.data[:, a:b], self.bad[a:b]
+        n_bad = int(self.bad[a:b].sum()) if start_abs < self.bad_stop_abs else 0
+        return self.data[:, a:b], n_bad
 
     def discard_until(self, abs_idx: int) -> None:
         k = min(abs_idx, self.stop_abs) - self.lo_abs
@@ -161,7 +195,7 @@ def _check_policy(nonfinite: str) -> None:
 
 
 def _as_samples(samples: np.ndarray, n_chans: int) -> np.ndarray:
-    """(C, n) float64 copy of the pushed samples, or ChannelMismatchError."""
+    """(C, n) numeric view of the pushed samples (no copy), or ChannelMismatchError."""
     x = np.asarray(samples)
     if x.ndim != 2 or x.shape[0] != n_chans:
         hint = ""
@@ -170,39 +204,48 @@ def _as_samples(samples: np.ndarray, n_chans: int) -> np.ndarray:
         raise ChannelMismatchError(
             f"samples must have shape (n_chans={n_chans}, n_samples), got {x.shape}.{hint}"
         )
-    return np.array(x, dtype=np.float64)
+    if x.dtype.kind not in "fiu":
+        x = x.astype(np.float64)
+    return x
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    return x.dtype.kind != "f" or bool(np.isfinite(x).all())
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """(K,) scores -> (K,) float32 probabilities, computed in float64 (K is small)."""
+    v = z.tolist()
+    top = max(v)
+    e = [math.exp(a - top) for a in v]
+    total = sum(e)
+    return np.array([a / total for a in e], np.float32)
 
 
-def _decide(model: EdgeModel, window_ops: list[dict], windows: np.ndarray,
-            n_bad: np.ndarray, first_index: int, stops: np.ndarray,
-            nonfinite: str) -> tuple[list[WindowResult], float]:
-    """Results for windows (B, C, T) float64; returns them and the model time in s."""
+def _decide(model: EdgeModel, x: np.ndarray, n_bad: list[int], first_index: int,
+            stops: list[int], nonfinite: str) -> tuple[list[WindowResult], float]:
+    """Results for preprocessed windows (B, C, T) float32 ending at ``stops``; returns
+    them and the model time in s."""
     spec, out = model.manifest.input, model.manifest.output
-    ok = n_bad == 0 if nonfinite == "reject" else np.ones(len(n_bad), bool)
-    model_s = 0.0
-    scores = np.zeros((0, out.n_outputs), np.float32)
-    if ok.any():
-        x = apply_window_ops(window_ops, windows[ok])  # (B', C, T) float32
+    ok = [nonfinite != "reject" or nb == 0 for nb in n_bad]
+    n_ok, model_s, scores = sum(ok), 0.0, None
+    if n_ok:
+        if n_ok < len(ok):
+            x = x[np.array(ok)]
         t0 = time.perf_counter()
         scores = model.predict(x)  # (B', K)
         model_s = time.perf_counter() - t0
-    probs = _softmax(scores.astype(np.float64)) if out.kind == "logits" else scores
     results, j = [], 0
     for i, stop in enumerate(stops):
-        common = dict(index=first_index + i, start=int(stop) - spec.n_times, stop=int(stop),
-                      t_end=float(stop) / spec.sfreq, n_bad=int(n_bad[i]))
         if ok[i]:
+            z = scores[j]
             results.append(WindowResult(
-                accepted=True, logits=scores[j], probabilities=probs[j].astype(np.float32),
-                label=out.class_names[int(np.argmax(scores[j]))], **common))
+                first_index + i, stop - spec.n_times, stop, stop / spec.sfreq, True, n_bad[i],
+                z, _softmax(z) if out.kind == "logits" else z, out.class_names[int(z.argmax())]))
             j += 1
         else:
-            results.append(WindowResult(accepted=False, **common))
+            results.append(WindowResult(first_index + i, stop - spec.n_times, stop,
+                                        stop / spec.sfreq, False, n_bad[i]))
     return results, model_s
 
 
@@ -237,12 +280,17 @@ class StreamingClassifier:
         self.nonfinite = nonfinite
         self.batch_size = max(1, int(batch_size))
         self._max_slice = max(1, int(max_slice))
-        stream_ops, self._window_ops = split_ops(spec.preprocessing)
+        stream_ops, window_ops = split_ops(spec.preprocessing)
         self._stage = StreamStage(stream_ops, spec.n_chans)
+        self._window_stage = WindowStage(window_ops)
         self.device_sfreq = float(device_sfreq or spec.sfreq)
         self._resampler = None
         if self.device_sfreq != spec.sfreq:
+            from edge_runtime.resample import StreamingResampler  # only streams that need it
+
             self._resampler = StreamingResampler(self.device_sfreq, spec.sfreq, spec.n_chans)
+        # samples go straight into the buffer: no stream stage and no resampler
+        self._direct = self._stage.empty and self._resampler is None
         self.reset()
 
     def reset(self) -> None:
@@ -250,7 +298,8 @@ class StreamingClassifier:
         self._stage.reset()
         if self._resampler is not None:
             self._resampler.reset()
-        self._buf = _Buffer(self.spec.n_chans, 2 * self.spec.n_times + self._max_slice)
+        # grows to fit the largest push (at most max_slice samples more), then stays
+        self._buf = _Buffer(self.spec.n_chans, 2 * self.spec.n_times + self.hop)
         self._last = np.zeros(self.spec.n_chans)  # last finite µV per channel
         self._next_stop = self.spec.n_times
         self._n = dict(received=0, nonfinite=0, gap=0, stream=0, emitted=0, rejected=0,
@@ -283,7 +332,19 @@ class StreamingClassifier:
         NonFiniteError : under ``nonfinite="raise"``, if any sample is NaN/Inf.
         """
         x = _as_samples(samples, self.spec.n_chans)
-        bad_cols = int((~np.isfinite(x)).any(axis=0).sum())
+        if self._direct and 0 < x.shape[1] <= self._max_slice:
+            t0 = time.perf_counter()
+            if self._buf.append_finite(x):  # the common case: no filter, no resampler
+                n = x.shape[1]
+                self._last = x[:, -1].astype(np.float64)
+                self._n["received"] += n
+                self._n["stream"] += n
+                results = self._drain()
+                self._pipeline_s += time.perf_counter() - t0
+                return results
+            self._pipeline_s += time.perf_counter() - t0
+        finite = _all_finite(x)
+        bad_cols = 0 if finite else int((~np.isfinite(x)).any(axis=0).sum())
         if bad_cols and self.nonfinite == "raise":
             raise NonFiniteError(
                 f"{bad_cols} of {x.shape[1]} pushed samples hold NaN/Inf and "
@@ -292,7 +353,12 @@ class StreamingClassifier:
             )
         self._n["received"] += x.shape[1]
         self._n["nonfinite"] += bad_cols
-        return self._feed_slices(x)
+        t0 = time.perf_counter()
+        results: list[WindowResult] = []
+        for s in range(0, x.shape[1], self._max_slice):
+            results += self._feed(x[:, s:s + self._max_slice], finite)
+        self._pipeline_s += time.perf_counter() - t0
+        return results
 
     def push_gap(self, n: int) -> list[WindowResult]:
         """Declare ``n`` missing samples (at ``device_sfreq``): they take their place in
@@ -310,22 +376,23 @@ class StreamingClassifier:
         t0 = time.perf_counter()
         for s in range(0, n, self._max_slice):
             k = min(self._max_slice, n - s)
-            results += self._feed(np.full((self.spec.n_chans, k), np.nan))
+            results += self._feed(np.full((self.spec.n_chans, k), np.nan), False)
         self._pipeline_s += time.perf_counter() - t0
         return results
 
-    def _feed_slices(self, x: np.ndarray) -> list[WindowResult]:
-        t0 = time.perf_counter()
-        results: list[WindowResult] = []
-        for s in range(0, x.shape[1], self._max_slice):
-            results += self._feed(x[:, s:s + self._max_slice])
-        self._pipeline_s += time.perf_counter() - t0
-        return results
+    def _feed(self, x: np.ndarray, finite: bool) -> list[WindowResult]:
+        """(C, n) samples at the device rate -> the windows they complete.
 
-    def _feed(self, x: np.ndarray) -> list[WindowResult]:
-        x, bad, self._last = hold_fill(x, self._last)
+        The common case (all finite, manifest rate, no filter) costs one float32 copy
+        into the buffer; the rest is only paid by the streams that need it."""
+        bad = None
+        if not finite:
+            x, bad, self._last = hold_fill(np.asarray(x, np.float64), self._last)
+        elif x.shape[1]:
+            self._last = x[:, -1].astype(np.float64)
         if self._resampler is not None:
-            x, bad = self._resampler.process(x, bad)
+            x, bad = self._resampler.process(
+                np.asarray(x, np.float64), np.zeros(x.shape[1], bool) if bad is None else bad)
         y = self._stage.process(x)
         self._n["stream"] += y.shape[1]
         self._buf.append(y, bad)
@@ -338,12 +405,11 @@ class StreamingClassifier:
             while self._next_stop <= self._buf.stop_abs and len(stops) < self.batch_size:
                 stops.append(self._next_stop)
                 self._next_stop += self.hop
-            views = [self._buf.view(s - T, s) for s in stops]
-            windows = np.stack([v[0] for v in views])  # (B, C, T)
-            n_bad = np.array([int(v[1].sum()) for v in views])
+            views, n_bad = zip(*[self._buf.window(s - T, s) for s in stops])
+            x = self._window_stage.fill(
+                np.empty((len(stops), self.spec.n_chans, T), np.float32), views)  # (B, C, T)
             first = self._n["emitted"] + self._n["rejected"]
-            got, model_s = _decide(self.model, self._window_ops, windows, n_bad, first,
-                                   np.array(stops), self.nonfinite)
+            got, model_s = _decide(self.model, x, n_bad, first, stops, self.nonfinite)
             self._model_s += model_s
             for r in got:
                 self._n["emitted" if r.accepted else "rejected"] += 1
@@ -373,21 +439,27 @@ def classify_offline(model: EdgeModel, recording: np.ndarray, *, sfreq: float | 
     spec = model.manifest.input
     T, hop = spec.n_times, int(hop or spec.hop)
     x = _as_samples(recording, spec.n_chans)
-    if nonfinite == "raise" and not np.isfinite(x).all():
+    if nonfinite == "raise" and not _all_finite(x):
         raise NonFiniteError("the recording holds NaN/Inf samples and nonfinite='raise'.")
-    x, bad, _ = hold_fill(x, np.zeros(spec.n_chans))
+    x, bad, _ = hold_fill(np.asarray(x, np.float64), np.zeros(spec.n_chans))
     if sfreq is not None and float(sfreq) != spec.sfreq:
+        from edge_runtime.resample import StreamingResampler
+
         x, bad = StreamingResampler(float(sfreq), spec.sfreq, spec.n_chans).process(x, bad)
     stream_ops, window_ops = split_ops(spec.preprocessing)
     y = StreamStage(stream_ops, spec.n_chans).process(x)  # (C, N)
+    stage = WindowStage(window_ops)
+    C = spec.n_chans
     n_win = (y.shape[1] - T) // hop + 1 if y.shape[1] >= T else 0
-    stops = T + hop * np.arange(n_win)
+    stops = [T + hop * i for i in range(n_win)]
     bad_cum = np.concatenate([[0], np.cumsum(bad)])
-    n_bad = bad_cum[stops] - bad_cum[stops - T]
+    n_bad = [int(bad_cum[e] - bad_cum[e - T]) for e in stops]
     results: list[WindowResult] = []
     for b in range(0, n_win, batch_size):
         s = stops[b:b + batch_size]
-        windows = np.stack([y[:, e - T:e] for e in s])  # (B, C, T)
-        got, _ = _decide(model, window_ops, windows, n_bad[b:b + batch_size], b, s, nonfinite)
+        # float32 first, as the stream buffer holds them: the same numbers either way
+        views = [y[:, e - T:e].astype(np.float32) for e in s]
+        x = stage.fill(np.empty((len(s), C, T), np.float32), views)  # (B, C, T)
+        got, _ = _decide(model, x, n_bad[b:b + batch_size], b, s, nonfinite)
         results += got
     return results

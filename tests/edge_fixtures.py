@@ -333,22 +333,31 @@ def block_imports_snippet(*roots: str) -> str:
     )
 
 
-def run_python(code: str, *, stdin: bytes | None = None, timeout: float = 120):
+def run_python(code: str, *, stdin: bytes | None = None, timeout: float = 120,
+               env: dict | None = None):
     """Run ``python -c code`` in a fresh interpreter from the repo root."""
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[1], env=env)
 
 
 def run_cli(*args: str, stdin: bytes | None = None, block: tuple[str, ...] = (),
             timeout: float = 120):
-    """``dlink-edge ARGS`` in a fresh interpreter, optionally with imports blocked."""
-    code = block_imports_snippet(*block) if block else ""
-    code += ("import sys\nfrom edge_runtime.cli import main\n"
-             f"sys.argv = ['dlink-edge', *{list(map(str, args))!r}]\nmain()\n")
-    return run_python(code, stdin=stdin, timeout=timeout)
+    """``dlink-edge ARGS`` in a fresh interpreter, optionally with imports blocked.
+
+    The block is a ``sitecustomize`` on ``PYTHONPATH``, so the processes the CLI starts
+    (``profile`` measures in a fresh one) are blocked too."""
+    code = ("import sys\nfrom edge_runtime.cli import main\n"
+            f"sys.argv = ['dlink-edge', *{list(map(str, args))!r}]\nmain()\n")
+    if not block:
+        return run_python(code, stdin=stdin, timeout=timeout)
+    with tempfile.TemporaryDirectory() as site:
+        (Path(site) / "sitecustomize.py").write_text(block_imports_snippet(*block))
+        path = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
+        return run_python(code, stdin=stdin, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=path))
 
 
 try:
