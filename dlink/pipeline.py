@@ -48,6 +48,7 @@ class PipelineConfig:
 
     data: str = "eegmat"  # data set name or .npz path
     subjects: tuple[str, ...] | None = None  # restrict to these subjects (None: all)
+    max_subjects: int | None = None  # if ``subjects`` are not in the data: this many, evenly spaced
     teacher_weights: str | None = None  # pre-trained backbone (None: the committed one)
     teacher_epochs: int = 2  # fine-tuning passes (CBraMod uses 50; budget: 15 min on 2 cores)
     student: str = "mic-s"  # student preset
@@ -60,7 +61,8 @@ class PipelineConfig:
 
 PRESETS = {
     "default": PipelineConfig(),
-    "smoke": PipelineConfig(subjects=("00", "01", "02", "03", "31", "35"), teacher_epochs=1,
+    "smoke": PipelineConfig(subjects=("00", "01", "02", "03", "31", "35"), max_subjects=6,
+                            teacher_epochs=1,
                             student="mic-xs", student_epochs=2, n_calib=32, profile_windows=100),
 }
 
@@ -148,16 +150,20 @@ class Pipeline:
 
     # --- the job ----------------------------------------------------------------------------
     def run(self) -> dict:
-        from dlink.data import load_windows, split_subjects
+        from dlink.data import load_windows
+        from dlink.data.splits import pick_subjects, pipeline_split
 
         cfg = self.cfg
         windows = load_windows(cfg.data, data_dir=self.data_dir)
         if cfg.subjects:
             missing = sorted(set(cfg.subjects) - set(windows.subjects))
-            if missing:
+            if missing and not cfg.max_subjects:
                 raise ConfigError(f"subjects {', '.join(missing)} are not in {cfg.data}")
-            windows = windows.of_subjects(cfg.subjects)
-        split = split_subjects(windows)
+            windows = windows.of_subjects(
+                pick_subjects(windows.subjects, cfg.max_subjects) if missing else cfg.subjects)
+        windows, split, self.split_kind = pipeline_split(windows)
+        # a subset or within-subject blocks: dlink-export must read OUT/data.npz, not cfg.data
+        self.relabelled = bool(cfg.subjects) or self.split_kind.startswith("within")
         data_key = _hash(hashlib.sha256(windows.X.tobytes()).hexdigest(), windows.y.tolist(),
                          windows.subject.tolist(), split.to_dict())
         data_spec = self._data_stage(windows, split, data_key)
@@ -186,10 +192,10 @@ class Pipeline:
         that dlink-export calibrates and gates on exactly this split."""
         from dlink.data import DATASETS
 
-        summary = {**windows.summary(), "split": split.to_dict()}
+        summary = {**windows.summary(), "split": split.to_dict(), "split_kind": self.split_kind}
         summary.pop("windows_per_subject")
         write_text_atomic(self.out / "data.json", json.dumps(summary, indent=2))
-        if self.cfg.data in DATASETS and not self.cfg.subjects:
+        if self.cfg.data in DATASETS and not self.relabelled:
             return self.cfg.data
         path = self.out / "data.npz"
         if not path.is_file() or self.records.get("data", _Record("")).key != data_key:

@@ -218,6 +218,8 @@ def _data_card(data: dict) -> str:
             ["channels", f"{s.get('n_channels', '-')}: {' '.join(s.get('ch_names', []))}"],
             ["sampling rate", f"{s.get('sfreq', '-')} Hz"],
             ["window", f"{s.get('window_s', '-')} s ({s.get('n_times', '-')} samples)"]]
+    if data.get("split_kind"):
+        rows.append(["split", data["split_kind"]])
     for part, subjects in (data.get("split") or {}).items():
         rows.append([f"{part} subjects", f"{len(subjects)}: {', '.join(map(str, subjects))}"])
     return "<h3>Data</h3>" + _table(["", ""], rows, show_header=False)

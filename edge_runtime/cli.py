@@ -181,6 +181,7 @@ def run(
     ] = False,
 ) -> None:
     """Classify a recording or a live stream; print one line per decision."""
+    from edge_runtime.errors import SourceError
     from edge_runtime.model import open_model
     from edge_runtime.sources import (
         read_channel_map,
@@ -204,6 +205,12 @@ def run(
         _note(f"channels: {rec.mapping}")
         if rec.missing_s > 0:
             _note(truncation_message(edf, rec.missing_s + rec.duration_s, rec.duration_s))
+        if rec.flat:
+            if strict:
+                raise SourceError(f"{edf.name}: channel(s) {list(rec.flat)} are flat (constant) "
+                                  "(--strict).")
+            _note(f"channel(s) {list(rec.flat)} are flat (constant) in {edf.name}: a dead "
+                  "or unplugged electrode?")
         data = rec.data if duration is None else rec.data[:, : int(duration * spec.sfreq)]
         chunks = replay(data, spec.sfreq, chunk_s=chunk_s, realtime=realtime, speed=speed)
         device_sfreq = None
@@ -240,6 +247,13 @@ def run(
         sys.stdout.flush()
         if live is not None:
             live.close()
+    if ended is None and clf.stats.windows_decided == 0:
+        got = clf.stats.samples_received
+        raise SourceError(
+            "the input held no samples." if got == 0 else
+            f"the input ended after {got} samples, before the first window of "
+            f"{spec.n_times} samples ({spec.window_s:g} s at {spec.sfreq:g} Hz) was complete; "
+            "no decision.")
     summary = clf.stats.to_dict()
     if live is not None:
         summary["lsl"] = live.stats.to_dict(clf.stats.windows_decided)

@@ -165,6 +165,11 @@ def verify_artifacts(manifest: Manifest) -> None:
                 f"{path} has sha256 {digest[:16]}…, manifest says {art.sha256[:16]}…{sizes}. "
                 f"The file was modified or truncated; re-copy the model folder."
             )
+        if art.bytes is not None and path.stat().st_size != art.bytes:
+            raise ChecksumError(
+                f"{path} has {path.stat().st_size} bytes, {MANIFEST_NAME} says {art.bytes} "
+                f"(the sha256 matches): the manifest disagrees with its files; re-export."
+            )
 
 
 def _parse(root: Path, raw: object) -> Manifest:

@@ -50,6 +50,7 @@ class Recording:
     source: str  # where it came from (path)
     mapping: str = ""  # how the channels were found (`ChannelMatch.describe`)
     missing_s: float = 0.0  # seconds the file's header promises but the file lacks
+    flat: tuple[str, ...] = ()  # model channels whose samples are all equal (dead electrode)
 
     @property
     def duration_s(self) -> float:
@@ -180,8 +181,9 @@ def read_edf(path: str | Path, ch_names: tuple[str, ...], sfreq: float, *,
     if n == 0:
         raise SourceError(f"{path} holds no samples of the model's channels.")
     data = np.stack([r[:n] for r in rows])  # (C, N)
+    flat = tuple(c for c, row in zip(ch_names, data) if np.ptp(row) == 0)
     return Recording(data=data, sfreq=float(sfreq), ch_names=tuple(ch_names), source=str(path),
-                     mapping=match.describe(), missing_s=promised_s - present_s)
+                     mapping=match.describe(), missing_s=promised_s - present_s, flat=flat)
 
 
 def _resample_poly(x: np.ndarray, src: float, dst: float) -> np.ndarray:

@@ -84,7 +84,9 @@ def _read(path: Path, sfreq: float) -> Windows:
         X = resample(X, up=sfreq, down=src_sfreq, axis=-1, verbose="error")
     n_times = int(X.shape[-1] // sfreq * sfreq)
     if n_times == 0:
-        raise DataFormatError(f"{path.name}: windows are shorter than 1 s at {sfreq:g} Hz")
+        raise DataFormatError(
+            f"{path.name}: windows are {X.shape[-1] / sfreq:g} s long; the minimum is 1 s "
+            f"({int(sfreq)} samples at {sfreq:g} Hz, one teacher patch)")
     return Windows(
         X=X[..., :n_times].astype(np.float32),
         y=y.astype(np.int64),
