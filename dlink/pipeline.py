@@ -25,6 +25,7 @@ would, which also keeps the one-way imports (dlink never imports export or edge_
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ from dlink.console import stderr
 from dlink.errors import ConfigError, DLinkError
 
 BOARDS = ("rpi4", "rpi5", "jetson-nano", "jetson-orin-nano")
+# Checked from the export's TFLite Micro sizes (issue 14), when tflite-micro (dlink[mcu]) is here.
+MCUS = ("nrf52840", "stm32h743", "esp32-s3")
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ class Pipeline:
             self._tool("edge_runtime.cli", "profile", model, "--backend", backend, *common,
                        stdout=folder / f"{backend}.json")
         within = {}
-        for board in BOARDS:
+        for board in BOARDS + (MCUS if importlib.util.find_spec("tflite_micro") else ()):
             proc = self._tool("edge_runtime.cli", "check", model, "--budget", board, *common,
                               stdout=folder / f"budget_{board}.json", ok_codes=(0, 3))
             within[board] = proc.returncode == 0

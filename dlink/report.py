@@ -15,7 +15,7 @@ wrote, and each replaced by a one-line note when its inputs are missing:
 * confusion matrices of the exported fp32 and int8 files on the test windows (ONNX
   Runtime, and LiteRT for the int8 TFLite file);
 * latency histograms from the ``dlink-edge profile --json`` files (model and reference);
-* the board budgets (``dlink-edge check --json`` per board), the regression-gate metrics,
+* the board and MCU budgets (``dlink-edge check --json`` per budget), the regression-gate metrics,
   the streaming summary and the pipeline's stage records.
 
 Test windows: ``write_report(out, windows=...)`` uses the given `Windows` (the pipeline
@@ -567,10 +567,13 @@ def _budget_section(ctx: _Context) -> str:
     files = sorted((ctx.out / "profile").glob("budget_*.json"))
     if not files:
         raise _Skip("no profile/budget_<board>.json")
-    rows, machines = [], set()
+    rows, machines, mcu = [], set(), []
     for path in files:
         rep = json.loads(path.read_text(encoding="utf-8"))
         bud = rep.get("budget", {})
+        if bud.get("kind") == "mcu":  # microcontrollers: a table of their own, below
+            mcu.append(rep)
+            continue
         machines.add((rep.get("profile") or {}).get("machine") or "this machine")
         for r in rep.get("rows", []):
             fmt = "{:,.0f}" if r.get("unit") == "bytes" else "{:.2f}"
@@ -580,10 +583,38 @@ def _budget_section(ctx: _Context) -> str:
                          '<b class="ok">within (estimate)</b>' if r.get("ok")
                          else '<b class="bad">OVER (estimate)</b>'])
     where = html.escape(", ".join(sorted(machines)))
-    return _table(["budget", "board", "metric", f"measured on {where}", "limit", "verdict"], rows,
-                  raw_cols={5}) + f"<p>Estimates: measured on {where}, the machine that ran the " \
-                                  "pipeline, not on the board. Only <code>dlink-edge check</code> " \
-                                  "run on the board itself gives a pass.</p>"
+    boards = "" if not rows else _table(
+        ["budget", "board", "metric", f"measured on {where}", "limit", "verdict"], rows,
+        raw_cols={5}) + f"<p>Estimates: measured on {where}, the machine that ran the " \
+                        "pipeline, not on the board. Only <code>dlink-edge check</code> " \
+                        "run on the board itself gives a pass.</p>"
+    return boards + _mcu_budget_table(mcu)
+
+
+def _mcu_budget_table(reps: list[dict]) -> str:
+    """`dlink-edge check --budget MCU --json` results: TFLM sizes vs RAM/flash, latency estimate."""
+    if not reps:
+        return ""
+    rows = []
+    for rep in reps:
+        bud, est = rep.get("budget", {}), rep.get("estimate")
+        for r in rep.get("rows", []):
+            rows.append([bud.get("name", "?"), bud.get("board", ""), r["metric"],
+                         f"{r['measured']:,.0f} bytes", f"{r['limit']:,.0f} bytes",
+                         '<b class="ok">within</b>' if r.get("ok") else '<b class="bad">OVER</b>'])
+        if est:
+            rows.append([bud.get("name", "?"), bud.get("board", ""), "latency per window",
+                         f"{est['latency_ms']:.1f} ms", "(not a limit)",
+                         f"ESTIMATE, not measured: {html.escape(est['basis'])}"])
+    fp = reps[0].get("footprint", {})
+    return "<h3>Microcontrollers (TensorFlow Lite Micro)</h3>" + _table(
+        ["budget", "MCU", "metric", "needed", "limit", "verdict"], rows, raw_cols={5}) + (
+        f"<p>Sizes from the exporter's run of <code>model_data.cc</code> on "
+        f"{html.escape(str(fp.get('runtime')))}: the smallest tensor arena that allocates "
+        f"({fp.get('arena_bytes', 0):,} bytes, reference kernels), one int8 input window "
+        f"({fp.get('input_buffer_bytes', 0):,} bytes) and the model "
+        f"({fp.get('model_bytes', 0):,} bytes). MCU latency is only estimated from MACs and "
+        "the MAC rate each budget file states; nothing here ran on a microcontroller.</p>")
 
 
 def _stream_section(ctx: _Context) -> str:
@@ -606,7 +637,7 @@ SECTIONS: list[tuple[str, Callable[[_Context], str]]] = [
     ("Representation spectra", _spectra_section),
     ("Confusion matrices", _confusion_section),
     ("Latency", _latency_section),
-    ("Board budgets", _budget_section),
+    ("Board and MCU budgets", _budget_section),
     ("Streaming the held-out recordings", _stream_section),
     ("Pipeline stages", _stages_section),
 ]

@@ -353,6 +353,42 @@ def profile(
         Console().print(_profile_table(rep))
 
 
+def _check_mcu(model_dir, bud, as_json: bool) -> None:
+    """`check` against an MCU budget: sizes from the manifest, latency only as an estimate."""
+    from edge_runtime.budgets import check_mcu
+    from edge_runtime.mcu import estimate_latency_ms, mcu_footprint
+
+    fp = mcu_footprint(model_dir)
+    rows = check_mcu(fp, bud)
+    ok = all(r.ok for r in rows)
+    est = estimate_latency_ms(fp, bud.macs_per_s)
+    estimate = None if est is None else {
+        "latency_ms": est, "measured": False,
+        "basis": f"{fp.macs:,} MACs / {bud.macs_per_s:,.0f} MAC/s stated in {bud.name}.toml"}
+    if as_json:
+        print(json.dumps({"budget": bud.__dict__, "ok": ok,
+                          "rows": [dict(r.__dict__, ok=r.ok) for r in rows],
+                          "footprint": fp.to_dict(), "estimate": estimate}, indent=2))
+    else:
+        table = Table(title=f"model_data.cc on TensorFlow Lite Micro vs budget {bud.name} "
+                            f"({bud.board})")
+        for col in ("metric", "needed", "budget", "verdict"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for r in rows:
+            table.add_row(r.metric, f"{r.measured:,.0f} bytes", f"{r.limit:,.0f} bytes",
+                          "[green]ok[/green]" if r.ok else "[red]OVER[/red]")
+        Console().print(table)
+        Console().print(f"arena {fp.arena_bytes:,} + input buffer {fp.input_buffer_bytes:,} + "
+                        f"model {fp.model_bytes:,} bytes (arena from {fp.runtime})")
+        if estimate is not None:
+            Console().print(f"latency ESTIMATE (not measured): {est:.1f} ms per window "
+                            f"({estimate['basis']})")
+    if not ok:
+        over = ", ".join(r.metric for r in rows if not r.ok)
+        print(f"dlink-edge: over budget {bud.name}: {over}", file=sys.stderr)
+        raise typer.Exit(EXIT_OVER_BUDGET)
+
+
 @app.command()
 @_handles_errors
 def check(
@@ -369,10 +405,15 @@ def check(
     allow_failed_gate: GateOpt = False,
     reference: ReferenceOpt = None,
 ) -> None:
-    """Profile, then exit 0 within the budget or 3 over it, with measured vs budget."""
+    """Profile, then exit 0 within the budget or 3 over it, with measured vs budget.
+
+    An MCU budget (``kind = "mcu"``, e.g. nrf52840) is checked without profiling: the
+    exporter's TFLite Micro arena + input buffer + model bytes against RAM and flash."""
     from edge_runtime.budgets import check_budget, load_budget
 
     bud = load_budget(budget)
+    if getattr(bud, "kind", "board") == "mcu":
+        return _check_mcu(model_dir, bud, as_json)
     rep = _profile(model_dir, backend, precision, threads, windows, warmup, edf,
                    allow_failed_gate, reference)
     rows = check_budget(rep, bud)
@@ -411,9 +452,13 @@ def budgets() -> None:
     table = Table(title="shipped budgets (edge_runtime/budgets/*.toml)")
     table.add_column("name", no_wrap=True)
     table.add_column("board")
-    for col in ("latency p95", "peak RSS", "model size"):
+    for col in ("latency p95", "peak RSS / MCU RAM", "model size / MCU flash"):
         table.add_column(col, justify="right", no_wrap=True)
     for b in list_budgets():
+        if getattr(b, "kind", "board") == "mcu":  # arena + input buffer, model bytes
+            table.add_row(b.name, b.board, "estimate only", f"{b.ram_bytes:,} bytes",
+                          f"{b.flash_bytes:,} bytes")
+            continue
         table.add_row(b.name, b.board, f"{b.latency_p95_ms:g} ms", f"{b.peak_rss_mb:g} MB",
                       f"{b.model_bytes:,} bytes")
     Console().print(table)

@@ -3,12 +3,15 @@
 The array is ``alignas(16)`` (TFLite Micro reads the flatbuffer in place and needs at
 least 4-byte alignment; 16 also suits SIMD loads) and ``const``, so it stays in flash.
 The header also carries the input contract as constants, for board code that has no
-JSON parser: window shape, classes, and the int8 input/output scale and zero point.
+JSON parser: window shape, classes, and the int8 input/output scale and zero point; and,
+from the TFLite Micro check (`export.tflm`), the ops to register as ready-to-paste
+``MicroMutableOpResolver<N>`` lines and the smallest tensor arena as a constant.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 SYMBOL = "g_dlink_model_data"
@@ -26,6 +29,7 @@ def write_c_array(
     n_times: int,
     class_names: list[str],
     io: dict,
+    tflm: dict | None = None,
 ) -> None:
     """Write the header and source for ``tflite_path``.
 
@@ -37,10 +41,12 @@ def write_c_array(
     n_chans, n_times : C and T of the (1, C, T) input window.
     class_names : the K class names, in logit order.
     io : `tflite_export.io_details` of the model (scales and zero points).
+    tflm : `export.tflm.plan` of the model (``resolver`` lines, ``arena_bytes``), or None.
     """
     data = Path(tflite_path).read_bytes()
     header_path.write_text(
-        _header(Path(tflite_path).name, sha256, len(data), n_chans, n_times, class_names, io),
+        _header(Path(tflite_path).name, sha256, len(data), n_chans, n_times, class_names, io,
+                tflm),
         encoding="utf-8",
     )
     rows = (
@@ -59,7 +65,38 @@ def write_c_array(
     )
 
 
-def _header(name, sha256, n_bytes, n_chans, n_times, class_names, io) -> str:
+def read_c_array(source_path: Path) -> bytes:
+    """The bytes of the array in a ``model_data.cc`` written by `write_c_array`."""
+    text = Path(source_path).read_text(encoding="utf-8")
+    body = re.search(rf"{SYMBOL}\[\] = \{{(.*?)\}};", text, re.S)
+    if body is None:
+        raise ValueError(f"{source_path} holds no array {SYMBOL}[]")
+    return bytes(int(h, 16) for h in re.findall(r"0x([0-9a-fA-F]{2})", body.group(1)))
+
+
+def _tflm_lines(tflm: dict | None) -> str:
+    """Resolver lines and arena constant for the header ('' without a TFLM plan)."""
+    if not tflm:
+        return ""
+    calls = "".join(f"//   resolver.{m}();\n" for m in tflm["resolver"])
+    text = (
+        f"// TensorFlow Lite Micro: register exactly these {len(tflm['resolver'])} ops "
+        "(tensorflow/lite/micro/micro_mutable_op_resolver.h):\n"
+        f"//   static tflite::MicroMutableOpResolver<{len(tflm['resolver'])}> resolver;\n"
+        f"{calls}"
+        f"constexpr int kDlinkNumOps = {len(tflm['resolver'])};\n"
+    )
+    if tflm.get("arena_bytes") is None:
+        return text + f"// Tensor arena size unknown: {tflm.get('reason', 'not checked')}.\n\n"
+    return text + (
+        f"// Smallest tensor arena that allocated on {tflm['runtime']} (reference kernels);\n"
+        "// optimised kernels (CMSIS-NN, ESP-NN) may need a little more scratch. Declare it as\n"
+        "//   alignas(16) static uint8_t tensor_arena[kDlinkTensorArenaSize];\n"
+        f"constexpr int kDlinkTensorArenaSize = {tflm['arena_bytes']};\n\n"
+    )
+
+
+def _header(name, sha256, n_bytes, n_chans, n_times, class_names, io, tflm=None) -> str:
     inp, out = io["input"], io["output"]
     classes = ", ".join(json.dumps(c) for c in class_names)  # JSON escapes are valid C
     return (
@@ -81,5 +118,6 @@ def _header(name, sha256, n_bytes, n_chans, n_times, class_names, io) -> str:
         f"constexpr float kDlinkOutputScale = {out['scale']!r}f;\n"
         f"constexpr int kDlinkOutputZeroPoint = {out['zero_point']};\n"
         f"constexpr const char* kDlinkClassNames[] = {{{classes}}};\n\n"
-        f"#endif  // {GUARD}\n"
+        + _tflm_lines(tflm)
+        + f"#endif  // {GUARD}\n"
     )

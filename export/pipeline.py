@@ -35,7 +35,7 @@ from calibration import (
 )
 from dlink.errors import CheckpointError, ConfigError, DLinkError
 from dlink.signal import SignalSpec
-from export import c_array, onnx_export, tflite_export
+from export import c_array, onnx_export, tflite_export, tflm
 from export._console import Steps, quiet
 from export.errors import ExportError, GateError, OutputExistsError
 from export.manifest import (
@@ -336,14 +336,22 @@ class _Exporter:
     def c_files(self) -> None:
         signal = self.model.signal
         tfl = next(a for a in self.artifacts if a["path"] == FILES["int8_tflite"])
+        # TFLite Micro check (issue 14, export/tflm.py): ops + smallest arena into the header,
+        # then model_data.cc's bytes run on TFLM vs LiteRT; recorded on the c-source entry.
+        with self.steps.step("finding the TFLite Micro ops and smallest tensor arena"):
+            mcu = tflm.plan(self.stage / FILES["int8_tflite"])
         with self.steps.step("writing model_data.h/.cc"):
             c_array.write_c_array(
                 self.stage / FILES["int8_tflite"], self.stage / FILES["header"],
                 self.stage / FILES["source"], sha256=tfl["sha256"], n_chans=signal.n_chans,
                 n_times=signal.n_times, class_names=list(self.model.class_names), io=tfl["io"],
+                tflm=mcu,
             )
+        with self.steps.step("running model_data.cc on TFLite Micro vs LiteRT"):
+            mcu = tflm.verify(self.stage / FILES["source"], self.stage / FILES["int8_tflite"],
+                              self.X, mcu, enforce=self.gate.enforce)
         self._add(FILES["header"], "c-header", "int8", embeds=FILES["int8_tflite"])
-        self._add(FILES["source"], "c-source", "int8", embeds=FILES["int8_tflite"])
+        self._add(FILES["source"], "c-source", "int8", embeds=FILES["int8_tflite"], tflm=mcu)
 
     def _add(self, rel: str, fmt: str, precision: str, **extra) -> None:
         self.artifacts.append(artifact_entry(self.stage, rel, fmt, precision, **extra))
@@ -369,7 +377,7 @@ class _Exporter:
 def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, progress,
                      verbose) -> _Exporter:
     """Write every requested artifact into ``stage``; raise `GateError` if the gate fails."""
-    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + ("c" in formats)
+    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 3 * ("c" in formats)
     with tempfile.TemporaryDirectory() as work, Steps(n_steps, progress) as steps:
         job = _Exporter(stage, Path(work), model, calib, held, gate, steps, verbose)
         if "onnx" in formats:
