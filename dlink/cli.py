@@ -179,7 +179,7 @@ def pipeline(
         **{f"  {k} BAcc": v for k, v in (metrics["bacc"].get("int8") or {}).items()},
         **{f"{k} bytes": v for k, v in metrics["size_bytes"].items()},
         **{f"latency / reference ({k})": v.get("ratio") for k, v in metrics.get("latency", {}).items()},
-        **{f"{k} budget (estimate on {v.get('measured_on')})":
+        **{f"{k} budget (estimate{' on ' + v['measured_on'] if v.get('measured_on') else ''})":
            "within" if v.get("within_limits") else "OVER" for k, v in metrics.get("budgets", {}).items()},
         **{f"{k} parity gate": ("passed" if g["passed"] else f"FAILED ({', '.join(g['failed_checks'])}; "
                                 f"SQNR {g['sqnr_db']:.1f} dB, agreement {g['agreement']:.3f})")
