@@ -154,6 +154,10 @@ def pipeline(
         ),
     ] = None,
     data_dir: DataDir = None,
+    conditioning: Annotated[str | None, typer.Option(
+        help="Causal input filters applied in training and stated in the manifest for the board: "
+        "none (default), mains50 or mains60 (high-pass 0.5 Hz, low-pass 45 Hz, mains notch).")
+    ] = None,
 ) -> None:
     """The main job: fine-tune the teacher, distil the DLink student, export int8 ONNX/TFLite
     with a calibration set, profile on this machine against every board budget, stream one
@@ -165,7 +169,8 @@ def pipeline(
     from dlink.pipeline import Pipeline, resolve_config
 
     _threads()
-    cfg = resolve_config(preset, data=data, teacher_weights=str(teacher_weights) if teacher_weights else None)
+    cfg = resolve_config(preset, data=data, teacher_weights=str(teacher_weights) if teacher_weights else None,
+                         conditioning=conditioning)
     metrics = Pipeline(cfg, out, data_dir).run()
     out_table = Table(title=f"pipeline ({preset}) -> {out}")
     out_table.add_column("what")

@@ -52,6 +52,7 @@ class PipelineConfig:
     data: str = "eegmat"  # data set name or .npz path
     subjects: tuple[str, ...] | None = None  # restrict to these subjects (None: all)
     max_subjects: int | None = None  # if ``subjects`` are not in the data: this many, evenly spaced
+    conditioning: str = "none"  # causal input filters (dlink.data.conditioning), in the manifest
     teacher_weights: str | None = None  # pre-trained backbone (None: the committed one)
     teacher_epochs: int = 2  # fine-tuning passes (CBraMod uses 50; budget: 15 min on 2 cores)
     student: str = "mic-s"  # student preset
@@ -157,7 +158,8 @@ class Pipeline:
         from dlink.data.splits import pick_subjects, pipeline_split
 
         cfg = self.cfg
-        windows = load_windows(cfg.data, data_dir=self.data_dir)
+        extra = {"conditioning": cfg.conditioning} if cfg.conditioning != "none" else {}
+        windows = load_windows(cfg.data, data_dir=self.data_dir, **extra)
         if cfg.subjects:
             missing = sorted(set(cfg.subjects) - set(windows.subjects))
             if missing and not cfg.max_subjects:
@@ -166,7 +168,8 @@ class Pipeline:
                 pick_subjects(windows.subjects, cfg.max_subjects) if missing else cfg.subjects)
         windows, split, self.split_kind = pipeline_split(windows)
         # a subset or within-subject blocks: dlink-export must read OUT/data.npz, not cfg.data
-        self.relabelled = bool(cfg.subjects) or self.split_kind.startswith("within")
+        self.relabelled = (bool(cfg.subjects) or self.split_kind.startswith("within")
+                           or cfg.conditioning != "none")  # filtered windows: export reads them
         data_key = _hash(hashlib.sha256(windows.X.tobytes()).hexdigest(), windows.y.tolist(),
                          windows.subject.tolist(), split.to_dict())
         data_spec = self._data_stage(windows, split, data_key)

@@ -18,6 +18,7 @@ import numpy as np
 from dlink.console import track
 from dlink.data.cache import cached
 from dlink.data.checksums import read_registry
+from dlink.data.conditioning import apply_conditioning, conditioning_ops
 from dlink.data.edf import check_edf_complete, cut_windows, read_edf_uv
 from dlink.data.paths import require_dataset_dir
 from dlink.data.windows import Windows
@@ -69,15 +70,20 @@ def load(
     subjects: list[str] | None = None,
     use_cache: bool = True,
     strict: bool = False,
+    conditioning: str = "none",
 ) -> Windows:
     """Windows of EEGMAT; see the module docstring. ``subjects``: e.g. ``["00", "01"]``.
     A truncated recording gets one warning line (its complete records are used), or is an
-    error with ``strict``."""
+    error with ``strict``. ``conditioning``: a `dlink.data.conditioning` preset applied to
+    each continuous recording at ``sfreq`` before windows are cut (default: none)."""
     folder = require_dataset_dir(data_root, FOLDER, NAME)
     wanted = subjects or subject_ids()
     files = [folder / f"Subject{s}_{k}.edf" for s in wanted for k in (1, 2)]
     params = {"sfreq": sfreq, "window_s": window_s, "subjects": wanted, "ch_names": CH_NAMES,
               "resample": "resample_poly"}
+    ops = conditioning_ops(conditioning, sfreq)
+    if ops:  # the default's cache key (and windows) stay as they were
+        params["conditioning"] = {"name": conditioning, "ops": ops}
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise DataNotFoundError(
@@ -86,16 +92,19 @@ def load(
         )
     for f in files:  # before the cache, so that a cached truncated file still says so
         check_edf_complete(f, strict)
-    return cached(NAME, params, files, lambda: _read(files, sfreq, window_s, params), use_cache)
+    build = lambda: _read(files, sfreq, window_s, params, ops)  # noqa: E731
+    return cached(NAME, params, files, build, use_cache)
 
 
-def _read(files: list[Path], sfreq: float, window_s: float, params: dict) -> Windows:
+def _read(files: list[Path], sfreq: float, window_s: float, params: dict,
+          ops: list[dict]) -> Windows:
     n_times = int(round(window_s * sfreq))
     X, y, subj = [], [], []
     for path in track(files, "Reading EEGMAT"):
         _, data = read_edf_uv(path, CH_NAMES, expected_sfreq=SOURCE_SFREQ, target_sfreq=sfreq,
                               quiet=True)
-        w = cut_windows(data, n_times)
+        w = cut_windows(apply_conditioning(data, ops).astype(np.float32) if ops else data,
+                        n_times)
         m = _FILE.search(path.name)
         X.append(w)
         y.append(np.full(len(w), int(m.group(2)) - 1, dtype=np.int64))

@@ -50,8 +50,11 @@ class Windows:
 
     @property
     def signal(self) -> SignalSpec:
-        """The model-input description these windows imply."""
-        return SignalSpec(ch_names=tuple(self.ch_names), sfreq=self.sfreq, n_times=self.n_times)
+        """The model-input description these windows imply, with the conditioning filters
+        they were cut after (``info["params"]["conditioning"]``) as ``sosfilt`` steps."""
+        ops = (self.info.get("params", {}).get("conditioning") or {}).get("ops", ())
+        return SignalSpec(ch_names=tuple(self.ch_names), sfreq=self.sfreq, n_times=self.n_times,
+                          preprocessing=tuple(dict(op) for op in ops))
 
     @property
     def subjects(self) -> list[str]:
