@@ -303,14 +303,11 @@ def from_windows(
 
 
 def to_model_units(X_uv: np.ndarray, signal: SignalSpec) -> np.ndarray:
-    """µV windows -> model input (µV * ``signal.input_scale``), float32.
-
-    Only the scaling is applied: it is what the student saw in training. Streaming steps
-    (``sosfilt``) are the data layer's business before windows are cut.
+    """µV windows -> model input, float32: the signal's ``clip`` step (if any), then the
+    scaling -- what the student saw in training (`SignalSpec.to_model_units`). Streaming
+    steps (``sosfilt``) are the data layer's business before windows are cut.
     """
-    return (np.asarray(X_uv, dtype=np.float32) * np.float32(signal.input_scale)).astype(
-        np.float32
-    )
+    return signal.to_model_units(X_uv)
 
 
 # ---------------------------------------------------------------------------------------

@@ -154,6 +154,9 @@ def pipeline(
         ),
     ] = None,
     data_dir: DataDir = None,
+    record_failed_gate: Annotated[bool, typer.Option(
+        "--record-failed-gate", help="Write int8 files that fail the parity gate (marked failed in "
+        "the manifest, the report and metrics.json) and go on, instead of stopping.")] = False,
     conditioning: Annotated[str | None, typer.Option(
         help="Causal input filters applied in training and stated in the manifest for the board: "
         "none (default), mains50 or mains60 (high-pass 0.5 Hz, low-pass 45 Hz, mains notch).")
@@ -170,7 +173,7 @@ def pipeline(
 
     _threads()
     cfg = resolve_config(preset, data=data, teacher_weights=str(teacher_weights) if teacher_weights else None,
-                         conditioning=conditioning)
+                         enforce_gate=False if record_failed_gate else None, conditioning=conditioning)
     metrics = Pipeline(cfg, out, data_dir).run()
     out_table = Table(title=f"pipeline ({preset}) -> {out}")
     out_table.add_column("what")

@@ -27,7 +27,7 @@ from torch import Tensor
 from dlink import distributed as dist
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
-from dlink.losses import build_loss, distill_loss
+from dlink.losses import Decoder, build_loss, distill_loss
 from dlink.metrics import compute_metrics, selection_metric
 from dlink.router import build_router
 from dlink.student import build_student, load_student, save_student
@@ -47,6 +47,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "dlink": Method("router", "dlink", "Router + mimic + spectral magnitude/phase (full DLink)"),
     "dlink-no-spectral": Method("router", "mimic", "Router + mimic, no spectral terms"),
+    "static-weights": Method("static", "dlink", "one learned layer mix for every input (no conditioning)"),
     "layer-avg": Method("average", "dlink", "uniform layer average instead of the Router"),
     "fitnet": Method("last", "mimic", "FitNet-style feature KD on the last layer"),
     "logit-kd": Method(None, "kd", "Hinton logit KD, no feature target"),
@@ -67,8 +68,26 @@ class DistillConfig(TrainConfig):
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
     class_weighted: bool = True  # inverse-frequency CE weights (EEGMAT is 3:1)
-    router_tau: float = 1.0  # softmax temperature of the router
+    router_tau: float = 0.5  # softmax temperature of the router (below 1: sharper mixes)
+    alpha: float | None = None  # feature-mimic weight (None: the method's preset)
+    lambda_mag: float | None = None  # λ1, spectral magnitude weight (None: preset)
+    lambda_phase: float | None = None  # λ2, spectral phase weight (None: preset)
+    router_ce: float | None = None  # weight of the router's target-probe CE (None: preset)
+    gain_jitter: float = 0.0  # training windows are scaled by exp(N(0, gain_jitter^2)): amplitude
+    # differences between people (skull, impedance) should not decide the class; 0: off
+    qat_epochs: int = 0  # final quantisation-aware phase (dlink.qat): epochs through int8
+    # simulation, starting from the selected float student; 0 skips it
+    qat_lr: float = 1e-4  # peak learning rate of that phase (a gentle fine-tune)
+    qat_reduce_range: bool = False  # simulate 7-bit weights (ONNX Runtime on x86 w/o VNNI)
+    qat_calib: int = 256  # training windows that set the simulated activation ranges
+    qat_match: float = 30.0  # weight of ||int8 logits - float logits||^2 / ||float logits||^2
+    # (the inverse of the logit SQNR the export gate measures), the float model of the
+    # same weights being the int8 model's teacher
     input_scale: float = 0.01  # µV -> model units (µV / 100), the teacher's and student's
+    input_clip_uv: float | None = 50.0  # student input clamped to ±this µV (a preprocessing
+    # step in the manifest, applied in float before int8 quantisation: EEGMAT peaks at
+    # 583 µV while 99.9 % of samples lie within ±52 µV, so an unclipped int8 input range
+    # leaves ~4.6 µV steps for ordinary EEG); None: no clamp
 
 
 @dataclass
@@ -78,11 +97,13 @@ class TeacherCache:
     layers : (n, L, C, N, d) float16 per-layer tokens.
     logits : (n, K) float32.
     seconds : wall time it took (the cost a non-cached epoch would pay again).
+    decoder : the teacher's token -> patch decoder (spectral terms on the decoded axis).
     """
 
     layers: Tensor
     logits: Tensor
     seconds: float
+    decoder: Decoder | None = None
 
 
 @torch.no_grad()
@@ -100,17 +121,20 @@ def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
         hs = teacher.forward_layers(x[i : i + batch_size].to(dev))
         layers.append(torch.stack(hs, dim=1).half().cpu())  # (b, L, C, N, d)
         logits.append(teacher.forward_head(hs[-1]).float().cpu())
-    return TeacherCache(torch.cat(layers), torch.cat(logits), time.perf_counter() - t0)
+    proj = teacher.proj_out[0]  # Linear(d, P), CBraMod's pre-training decoder
+    decoder = Decoder(proj.weight.detach().float().cpu(), proj.bias.detach().float().cpu(),
+                      fs=float(windows.sfreq))
+    return TeacherCache(torch.cat(layers), torch.cat(logits), time.perf_counter() - t0, decoder)
 
 
 class DistillObjective(torch.nn.Module):
     """Student + router + loss as one module (so DDP can wrap the whole step)."""
 
     def __init__(self, student, router, loss_name: str, label_smoothing: float,
-                 class_weight: Tensor | None):
+                 class_weight: Tensor | None, decoder: Decoder | None = None, **loss_overrides):
         super().__init__()
-        self.student, self.router = student, router
-        self.loss = build_loss(loss_name, label_smoothing=label_smoothing)
+        self.student, self.router, self.decoder = student, router, decoder
+        self.loss = build_loss(loss_name, label_smoothing=label_smoothing, **loss_overrides)
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(self, x: Tensor, y: Tensor, layers: Tensor, t_logits: Tensor) -> dict[str, Tensor]:
@@ -118,11 +142,26 @@ class DistillObjective(torch.nn.Module):
         needs_target = self.router is not None and self.loss.needs_features
         feats = self.student.forward_features(x) if needs_target else None  # (B, C, N, d)
         logits = self.student.forward_head(feats) if needs_target else self.student(x)
-        target = self.router(list(layers.float().unbind(1))).features if needs_target else None
-        terms = distill_loss(self.loss, logits, y, feats, target, t_logits,
-                             class_weight=self.class_weight)
+        routed = self.router(list(layers.float().unbind(1))) if needs_target else None
+        terms = distill_loss(self.loss, logits, y, feats, routed.features if routed else None, t_logits,
+                             class_weight=self.class_weight, decoder=self.decoder,
+                             probe_logits=routed.probe_logits if routed else None)
         terms["loss"] = terms.pop("total")
         return terms
+
+
+def _jitter(x: Tensor, sigma: float) -> Tensor:
+    """(B, C, T) windows, each scaled by exp(N(0, sigma^2)) (torch's RNG); sigma 0: as is."""
+    if sigma <= 0:
+        return x
+    return x * torch.exp(sigma * torch.randn(len(x), 1, 1))
+
+
+def loss_overrides(cfg: DistillConfig) -> dict:
+    """The `DistillLoss` fields a config sets (None fields keep the method's preset)."""
+    fields = {"alpha": cfg.alpha, "lambda_mag": cfg.lambda_mag, "lambda_phase": cfg.lambda_phase,
+              "router_ce": cfg.router_ce}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def router_weights(router, cache: TeacherCache, index: np.ndarray,
@@ -164,24 +203,28 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         cache = cache_teacher(load_teacher(teacher_dir).to(dev), windows, cfg.input_scale)
     idx = {part: np.flatnonzero(np.isin(windows.subject, subjects))
            for part, subjects in split.to_dict().items()}
-    x = torch.from_numpy(windows.X * cfg.input_scale)  # (n, C, T)
+    signal = windows.signal.with_clip(cfg.input_clip_uv)
+    x = torch.from_numpy(signal.to_model_units(windows.X))  # (n, C, T) model units
     y = torch.from_numpy(windows.y)
     d_teacher = cache.layers.shape[-1] if cache is not None else 200
-    student = build_student(cfg.student, windows.signal, K, d_teacher=d_teacher,
+    student = build_student(cfg.student, signal, K, d_teacher=d_teacher,
                             class_names=windows.class_names)
-    router_kw = {"tau": cfg.router_tau} if method.router == "router" else {}
+    router_kw = ({"tau": cfg.router_tau, "n_chans": windows.signal.n_chans, "n_outputs": K}
+                 if method.router in ("router", "static") else {})
     router = (build_router(method.router, cache.layers.shape[1], d_teacher, **router_kw)
               if method.router else None)
     weight = class_weights(windows.y[idx["train"]], K) if cfg.class_weighted else None
     objective = dist.wrap(
-        DistillObjective(student, router, method.loss, cfg.label_smoothing, weight).to(dev))
+        DistillObjective(student, router, method.loss, cfg.label_smoothing, weight,
+                         decoder=cache.decoder if cache is not None else None,
+                         **loss_overrides(cfg)).to(dev))
     empty = torch.zeros(len(x), 0)
 
     def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
         b = idx["train"][batch]
         layers = cache.layers[b] if cache is not None and method.router else empty[b]
         t_logits = cache.logits[b].to(dev) if cache is not None else None
-        terms = objective(x[b].to(dev), y[b].to(dev), layers.to(dev), t_logits)
+        terms = objective(_jitter(x[b], cfg.gain_jitter).to(dev), y[b].to(dev), layers.to(dev), t_logits)
         if weight is not None:  # the CE is a weighted mean: normalise by the global sum of weights
             f = dist.share_of_total(float(weight[y[b]].sum()))
             if f != 1.0:
@@ -195,7 +238,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
 
     def save(epoch: int) -> None:
         save_student(student, out_dir, class_names=windows.class_names)
-        if method.router == "router":  # per-window layer weights of the selected router
+        if method.router in ("router", "static"):  # per-window layer weights of the selected router
             np.savez(out_dir / "router_weights.npz",
                      weights=router_weights(router, cache, idx["test"], device=dev),
                      y=windows.y[idx["test"]], class_names=np.array(windows.class_names))
@@ -209,6 +252,9 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         loss_fn=loss_fn, evaluate=evaluate, select=selection_metric(K), on_best=save,
         out_dir=out_dir, description=f"distill {cfg.student} ({cfg.method})",
     )
+    qat = None
+    if cfg.qat_epochs > 0:
+        qat = _qat_phase(load_student(out_dir), cfg, weight, x, y, idx, windows, out_dir, dev)
     if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
         return dist.broadcast_object(None)
     best = load_student(out_dir)
@@ -223,7 +269,84 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         "parameters": count_parameters(best),
         "macs": count_macs(best, x[:1]),
         "teacher_cache_seconds": cache.seconds if cache is not None else None,
+        "qat": qat,
         "split": split.to_dict(), "config": asdict(cfg),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return dist.broadcast_object(metrics)
+
+
+class _Int8Objective(torch.nn.Module):
+    """The int8-aware phase's loss: CE of the simulated int8 logits plus ``match`` times
+    ||int8 - float||^2 / ||float||^2 (the inverse logit SQNR the export gate measures), the
+    float deployed graph of the same weights being the int8 graph's teacher. BatchNorm
+    stays at its running statistics (the export folds those), whatever ``train()`` says."""
+
+    def __init__(self, student, sim, match: float, label_smoothing: float, class_weight):
+        super().__init__()
+        self.student, self.sim, self.match = student, sim, match
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.student.eval()
+        return self
+
+    def forward(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        logits = self.sim(x)
+        terms = {"ce": torch.nn.functional.cross_entropy(
+            logits, y, weight=self.class_weight, label_smoothing=self.label_smoothing)}
+        reference = self.sim.float_logits(x)
+        terms["int8_mse"] = ((logits - reference) ** 2).sum() / (reference ** 2).sum().clamp_min(1e-12)
+        terms["loss"] = terms["ce"] + self.match * terms["int8_mse"]
+        return terms
+
+
+def _qat_phase(student, cfg: DistillConfig, weight, x: Tensor, y: Tensor, idx: dict,
+               windows: Windows, out_dir: Path, dev) -> dict:
+    """Int8-aware distillation: continue from the selected float student through the
+    simulated int8 deployed graph (`dlink.qat.Int8Sim`; ranges from ``cfg.qat_calib``
+    training windows, re-measured after every epoch as the exporters would) for ``cfg.qat_epochs`` epochs at ``cfg.qat_lr``; select the epoch whose
+    simulated int8 logits are closest to its float ones on the validation windows (logit
+    SQNR, what the export gate measures; the simulated BAcc is logged beside it); save the
+    selected (float) weights over the student in ``out_dir``."""
+    from dlink.qat import Int8Sim
+
+    student = student.to(dev).eval()
+    sim = Int8Sim(student, reduce_range=cfg.qat_reduce_range)
+    rng = np.random.default_rng(cfg.seed)
+    calib = idx["train"][rng.permutation(len(idx["train"]))[: cfg.qat_calib]]
+
+    def evaluate() -> dict[str, float]:
+        # the exporters calibrate the weights they get: ranges follow the weights each epoch
+        sim.calibrate(x[calib].to(dev))
+        logits = predict_logits(sim, x[idx["val"]], device=dev)
+        ref = predict_logits(sim.float_logits, x[idx["val"]], device=dev)
+        m = compute_metrics(y[idx["val"]].numpy(), logits)
+        sqnr = 10 * np.log10((ref ** 2).sum() / max(((logits - ref) ** 2).sum(), 1e-20))
+        return {"bacc": m["bacc"], "auroc": m["auroc"], "sqnr_db": float(sqnr),
+                "agreement": float((logits.argmax(1) == ref.argmax(1)).mean())}
+
+    before = evaluate()
+    objective = dist.wrap(_Int8Objective(student, sim, cfg.qat_match, cfg.label_smoothing, weight).to(dev))
+
+    def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
+        b = idx["train"][batch]
+        return objective(x[b].to(dev), y[b].to(dev))
+
+    phase_cfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr=cfg.qat_lr,
+                            weight_decay=0.0, warmup_frac=0.0, clip_grad=cfg.clip_grad,
+                            seed=cfg.seed + 1)
+    result = train_loop(
+        modules={"objective": objective}, param_groups=[{"params": list(student.parameters()),
+                                                         "lr": cfg.qat_lr}],
+        n_train=len(idx["train"]), cfg=phase_cfg, loss_fn=loss_fn, evaluate=evaluate,
+        select="sqnr_db", on_best=lambda _e: save_student(student, out_dir, class_names=windows.class_names),
+        out_dir=out_dir / "qat", description=f"int8-aware {cfg.student} ({cfg.method})",
+    )
+    return {"epochs": cfg.qat_epochs, "selected_epoch": result.best_epoch,
+            "val_int8_sim_before": before,
+            "val_int8_sim_selected": result.history[result.best_epoch - 1]["val"],
+            "reduce_range": cfg.qat_reduce_range, "calibration_windows": len(calib),
+            "ranges": {k: [round(v, 5) for v in r] for k, r in sim.ranges.items()}}

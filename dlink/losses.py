@@ -1,21 +1,29 @@
 """DLink training losses: CE, feature mimic, spectral (magnitude + phase), logit KD.
 
-``total = CE + alpha * mimic + lambda_mag * mag + lambda_phase * phase + kd_weight * kd``
+``total = CE + alpha * mimic + lambda_mag * mag + lambda_phase * phase + kd_weight * kd
+          + router_ce * CE(target probe)``
 
-The student's mimic representation and the routed teacher target are both (B, C, N, d).
-The spectral terms take an rFFT along **N, the patch axis**, by default. N is the only
-axis of that tensor ordered in time (one 1-s patch after another); C is space and d is a
-feature axis whose index order carries no time or frequency meaning, so an FFT over d
-(or over a flattened N*d) would mix unrelated features as if they were neighbours in
-time. Along N, the spectrum describes how each feature of each channel evolves across
-the window: the magnitude term keeps the student's slow feature dynamics (including the
-DC bin, the feature's window mean), the phase term keeps *when* they happen, which is
-what temporal jitter and aliasing from compression destroy. With short windows the
-spectrum is coarse (N = 5 -> 3 bins); ``spectral_axis="feature"`` is kept for ablation.
+The student's mimic representation and the routed teacher target are both (B, C, N, d):
+one d-wide token per channel and 1-s patch. Where the spectral terms look
+(``spectral_axis``):
+
+- ``"decoded"`` (default): each token is mapped back to the 200 samples (1 s at 200 Hz) of
+  its patch by the teacher's own pre-training decoder ``proj_out`` (a frozen Linear d -> P
+  that CBraMod learns to reconstruct masked patches with), and the rFFT runs over those P
+  samples: bins of fs / P = 1 Hz, of which 1-45 Hz (45 bins: delta to low gamma) are
+  compared. Both representations pass through the same fixed linear map, so this is a
+  view of the tokens, not a new target; it is the only axis of the token grid on which
+  EEG oscillations have a frequency. The magnitude term aligns how much of each rhythm a
+  token carries, the magnitude-weighted phase term aligns *when* within the second it
+  peaks, which is what temporal jitter and aliasing in compression destroy.
+- ``"patch"``: rFFT along N, the patch axis (N = 5 -> 3 bins of 0.2 Hz; kept for ablation:
+  it sees feature dynamics across the window, not EEG rhythms).
+- ``"feature"``: rFFT along d (ablation; the order of features carries no frequency).
 
 Shape legend
 ------------
-B batch, C channels, N patches, d feature width, F frequency bins, K classes.
+B batch, C channels, N patches, d feature width, P samples per patch, F frequency bins,
+K classes.
 """
 
 from __future__ import annotations
@@ -40,20 +48,22 @@ class DistillLoss:
     kd_tau: float = 2.0  # KD temperature; the term is scaled by tau^2
     label_smoothing: float = 0.0  # CE label smoothing in [0, 1)
     mimic_norm: bool = True  # layer-normalise both features over d first (scale-free target)
-    spectral_axis: Literal["patch", "feature"] = "patch"  # rFFT over N (time) or d (ablation)
+    spectral_axis: Literal["decoded", "patch", "feature"] = "decoded"  # see the module docstring
+    band_hz: tuple[float, float] = (1.0, 45.0)  # bins compared on the decoded axis
+    router_ce: float = 0.5  # weight of the routed target's probe CE (learned routers only)
     eps: float = 1e-8  # guards magnitudes and phase cosines against division by zero
 
     def __post_init__(self):
-        for name in ("alpha", "lambda_mag", "lambda_phase", "kd_weight"):
+        for name in ("alpha", "lambda_mag", "lambda_phase", "kd_weight", "router_ce"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"DistillLoss.{name} must be >= 0, got {getattr(self, name)}.")
         if self.kd_tau <= 0:
             raise ConfigError(f"DistillLoss.kd_tau must be > 0, got {self.kd_tau}.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.spectral_axis not in ("patch", "feature"):
+        if self.spectral_axis not in ("decoded", "patch", "feature"):
             raise ConfigError(
-                f"spectral_axis must be 'patch' or 'feature', got {self.spectral_axis!r}."
+                f"spectral_axis must be 'decoded', 'patch' or 'feature', got {self.spectral_axis!r}."
             )
 
     @property
@@ -70,6 +80,7 @@ LOSSES: dict[str, DistillLoss] = {
     "mimic": DistillLoss(lambda_mag=0.0, lambda_phase=0.0),  # ablation: no spectral terms
     "kd": DistillLoss(alpha=0.0, lambda_mag=0.0, lambda_phase=0.0, kd_weight=1.0),
     "ce": DistillLoss(alpha=0.0, lambda_mag=0.0, lambda_phase=0.0),  # no teacher at all
+    "dlink-patch": DistillLoss(spectral_axis="patch"),  # ablation: the old 3-bin axis
 }
 
 
@@ -127,6 +138,46 @@ def spectral_loss(
     _same_shape(student, teacher, "spectral_loss")
     s = torch.fft.rfft(student.float(), dim=dim)  # (..., F, ...)
     t = torch.fft.rfft(teacher.float(), dim=dim)
+    return spectral_terms_from_spectra(s, t, dim, eps)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """The teacher's frozen token -> patch decoder (``proj_out``): weight (P, d), bias (P,).
+
+    ``fs`` is the sampling rate of the decoded patch in Hz (200 for CBraMod).
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    fs: float = 200.0
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, C, N, d) tokens -> (B, C, N, P) samples of each 1-s patch."""
+        return F.linear(tokens.float(), self.weight.to(tokens.device), self.bias.to(tokens.device))
+
+    def band(self, band_hz: tuple[float, float]) -> slice:
+        """rFFT bins of a P-sample patch that lie inside ``band_hz`` (inclusive)."""
+        step = self.fs / self.weight.shape[0]  # Hz per bin
+        return slice(int(round(band_hz[0] / step)), int(round(band_hz[1] / step)) + 1)
+
+    def freqs(self, band_hz: tuple[float, float]) -> torch.Tensor:
+        """(F,) centre frequencies in Hz of the bins `band` keeps."""
+        sl = self.band(band_hz)
+        return torch.arange(sl.start, sl.stop) * self.fs / self.weight.shape[0]
+
+
+def decoded_spectra(tokens: torch.Tensor, decoder: Decoder,
+                    band_hz: tuple[float, float] = (1.0, 45.0)) -> torch.Tensor:
+    """(B, C, N, d) tokens -> (B, C, N, F) complex rFFT of their decoded 1-s patches, F bins
+    of ``band_hz``."""
+    return torch.fft.rfft(decoder(tokens), dim=-1)[..., decoder.band(band_hz)]
+
+
+def spectral_terms_from_spectra(s: torch.Tensor, t: torch.Tensor, dim: int,
+                                eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Magnitude (L1 of log1p |X|) and magnitude-weighted phase (1 - cos dphi) terms of two
+    complex spectra of one shape, frequency along ``dim``."""
     s_mag, t_mag = s.abs(), t.abs()
     mag = F.l1_loss(torch.log1p(s_mag), torch.log1p(t_mag))
     # cos(phi_s - phi_t) = Re(s * conj(t)) / (|s| |t|), without atan2 and its gradient spikes
@@ -135,6 +186,32 @@ def spectral_loss(
     w = t_mag / (t_mag.sum(dim=dim, keepdim=True) + eps)
     phase = (w * (1.0 - cos)).sum(dim=dim).mean()
     return mag, phase
+
+
+@torch.no_grad()
+def spectral_agreement(student: torch.Tensor, teacher: torch.Tensor, decoder: Decoder,
+                       band_hz: tuple[float, float] = (1.0, 45.0)) -> dict:
+    """Per-frequency agreement of two token grids on the decoded axis (what the report and
+    the benchmark show).
+
+    Parameters
+    ----------
+    student, teacher : (B, C, N, d) tokens, layer-normalised over d as the losses see them.
+
+    Returns
+    -------
+    dict with ``freqs`` (F,) Hz, ``mag_err_db`` (F,) mean |20 log10 |S| - 20 log10 |T||
+    over windows, channels and patches, and ``phase_agreement`` (F,) magnitude-weighted
+    mean cos(phi_s - phi_t) (1 = same phase, 0 = unrelated), as numpy arrays.
+    """
+    s = decoded_spectra(_token_norm(student), decoder, band_hz).flatten(0, 2)  # (B*C*N, F)
+    t = decoded_spectra(_token_norm(teacher), decoder, band_hz).flatten(0, 2)
+    eps = 1e-8
+    err = (20 * torch.log10(s.abs() + eps) - 20 * torch.log10(t.abs() + eps)).abs().mean(0)
+    cos = (s.real * t.real + s.imag * t.imag) / (s.abs() * t.abs() + eps)
+    w = t.abs() / (t.abs().sum(0, keepdim=True) + eps)  # weights over tokens, per bin
+    return {"freqs": decoder.freqs(band_hz).numpy(), "mag_err_db": err.numpy(),
+            "phase_agreement": (w * cos).sum(0).numpy()}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
@@ -157,6 +234,8 @@ def distill_loss(
     teacher_feats: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
     class_weight: torch.Tensor | None = None,
+    decoder: Decoder | None = None,
+    probe_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All DLink loss terms and their weighted total.
 
@@ -169,12 +248,14 @@ def distill_loss(
     teacher_feats : (B, C, N, d) routed teacher target (``RoutedFeatures.features``).
     teacher_logits : (B, K) teacher logits, needed when ``cfg.kd_weight > 0``.
     class_weight : optional (K,) weights of the cross-entropy (imbalanced classes).
+    decoder : the teacher's token decoder, needed for ``spectral_axis="decoded"``.
+    probe_logits : (B, K) the router's target-probe logits (`RoutedFeatures.probe_logits`).
 
     Returns
     -------
     dict[str, torch.Tensor]
-        Scalars ``ce``, ``mimic``, ``mag``, ``phase``, ``kd`` (unweighted; zero when the
-        term is off) and ``total`` (weighted sum; the one to backpropagate).
+        Scalars ``ce``, ``mimic``, ``mag``, ``phase``, ``kd``, ``router_ce`` (unweighted;
+        zero when the term is off) and ``total`` (weighted sum; the one to backpropagate).
     """
     zero = logits.new_zeros(())
     terms = {
@@ -184,6 +265,7 @@ def distill_loss(
         "mag": zero,
         "phase": zero,
         "kd": zero,
+        "router_ce": zero,
     }
     if cfg.needs_features:
         if student_feats is None or teacher_feats is None:
@@ -200,14 +282,25 @@ def distill_loss(
         if cfg.alpha > 0:
             terms["mimic"] = mimic_loss(s, t, normalize=False)
         if cfg.lambda_mag > 0 or cfg.lambda_phase > 0:
-            dim = 2 if cfg.spectral_axis == "patch" else 3
-            terms["mag"], terms["phase"] = spectral_loss(s, t, dim=dim, eps=cfg.eps)
+            if cfg.spectral_axis == "decoded":
+                if decoder is None:
+                    raise ConfigError("spectral_axis='decoded' needs the teacher's decoder; pass "
+                                      "decoder=, or use spectral_axis='patch'.")
+                terms["mag"], terms["phase"] = spectral_terms_from_spectra(
+                    decoded_spectra(s, decoder, cfg.band_hz), decoded_spectra(t, decoder, cfg.band_hz),
+                    dim=-1, eps=cfg.eps)
+            else:
+                dim = 2 if cfg.spectral_axis == "patch" else 3
+                terms["mag"], terms["phase"] = spectral_loss(s, t, dim=dim, eps=cfg.eps)
     if cfg.kd_weight > 0:
         if teacher_logits is None:
             raise ConfigError("kd_weight > 0 needs teacher_logits; pass them or set kd_weight=0.")
         terms["kd"] = kd_loss(logits, teacher_logits, cfg.kd_tau)
+    if cfg.router_ce > 0 and probe_logits is not None:
+        terms["router_ce"] = F.cross_entropy(probe_logits, labels, weight=class_weight)
     terms["total"] = (
         terms["ce"]
+        + cfg.router_ce * terms["router_ce"]
         + cfg.alpha * terms["mimic"]
         + cfg.lambda_mag * terms["mag"]
         + cfg.lambda_phase * terms["phase"]

@@ -8,9 +8,10 @@ wrote, and each replaced by a one-line note when its inputs are missing:
   exported file with its size, sha256 and parity-gate numbers, calibration, toolchain;
 * loss curves of the teacher and the student;
 * router: mean weight per teacher layer for each class (``student/router_weights.npz``);
-* representation spectra: |rFFT| along the patch axis N of the routed teacher features
-  against the student's mimic features (`forward_features`) on test windows, with the
-  student distilled without the spectral loss overlaid if ``OUT/student_no_spectral/``
+* representation spectra: per frequency (1-45 Hz, on the decoded axis of
+  `dlink.losses`), the magnitude error and the phase agreement of the student's mimic
+  features (`forward_features`) against the routed teacher target on test windows, with the
+  student distilled without the spectral loss beside it if ``OUT/student_no_spectral/``
   exists;
 * confusion matrices of the exported fp32 and int8 files on the test windows (ONNX
   Runtime, and LiteRT for the int8 TFLite file);
@@ -25,7 +26,7 @@ has them in memory); otherwise they are re-read from ``OUT/data.npz`` if present
 test subjects of its ``split``.
 
 Shape legend: B windows, L teacher layers, C channels, N patches, d feature width,
-F frequency bins along N (N // 2 + 1), K classes.
+F frequency bins (1-45 Hz), K classes.
 """
 
 from __future__ import annotations
@@ -315,8 +316,8 @@ def _router_section(ctx: _Context) -> str:
 
 def _spectra_section(ctx: _Context) -> str:
     import torch
-    import torch.nn.functional as F
 
+    from dlink.losses import Decoder, spectral_agreement
     from dlink.student import load_student
     from dlink.teacher import load_teacher, patchify
 
@@ -326,9 +327,12 @@ def _spectra_section(ctx: _Context) -> str:
     idx = _spaced(len(test), ctx.max_windows)
     teacher = load_teacher(ctx.out / "teacher")
     first = load_student(ctx.out / "student")
-    x = torch.from_numpy(test.X[idx] * first.signal.input_scale)  # (B, C, T) model units
+    x = torch.from_numpy(first.signal.to_model_units(test.X[idx]))  # (B, C, T) model units
+    xt = torch.from_numpy(test.X[idx] * teacher_scale(teacher))
     with torch.no_grad():
-        stacked = torch.stack(teacher.forward_layers(patchify(x, teacher.patch_size)), 1)  # (B, L, C, N, d)
+        stacked = torch.stack(teacher.forward_layers(patchify(xt, teacher.patch_size)), 1)  # (B, L, C, N, d)
+    proj = teacher.proj_out[0]
+    decoder = Decoder(proj.weight.detach(), proj.bias.detach(), fs=float(test.sfreq))
     curves, notes = {}, []
     for folder, label in STUDENT_VARIANTS:
         if not (ctx.out / folder).is_dir():
@@ -346,20 +350,22 @@ def _spectra_section(ctx: _Context) -> str:
             notes.append(f"{folder}: features {tuple(feats.shape)} vs teacher "
                          f"{tuple(target.shape)}, skipped")
             continue
-        s, t = F.layer_norm(feats, feats.shape[-1:]), F.layer_norm(target, target.shape[-1:])
-        S, T = torch.fft.rfft(s, dim=2), torch.fft.rfft(t, dim=2)  # (B, C, F, d)
-        curves.setdefault("teacher target", T.abs().mean(dim=(0, 1)).numpy())  # (F, d)
-        cos = (S.real * T.real + S.imag * T.imag) / (S.abs() * T.abs() + 1e-8)
-        wt = T.abs() / (T.abs().sum(dim=(0, 1, 3), keepdim=True) + 1e-8)
-        curves[label] = S.abs().mean(dim=(0, 1)).numpy()
-        curves[f"phase:{label}"] = (wt * cos).sum(dim=(0, 1, 3)).numpy()  # (F,)
-    if len(curves) < 2:
+        curves[label] = spectral_agreement(feats, target, decoder)
+    if not curves:
         raise _Skip("; ".join(notes) or "no student folder with router weights")
-    img = _spectra_figure(ctx, curves, test.n_times / test.sfreq, len(idx))
-    return (img + (_note("; ".join(notes)) if notes else "")
-            + "<p>Both representations are layer-normalised over d first, as the mimic "
-              "loss does. Frequencies are of the features' evolution across the window's "
-              "1-s patches, not of the EEG itself.</p>")
+    img = _spectra_figure(ctx, curves, len(idx))
+    rows = [[label, f"{c['mag_err_db'].mean():.2f}", f"{c['phase_agreement'].mean():.3f}"]
+            for label, c in curves.items()]
+    return (img + _table(["student", "mean magnitude error (dB)", "mean phase agreement"], rows)
+            + (_note("; ".join(notes)) if notes else "")
+            + "<p>Each token (student mimic representation and routed teacher target, both "
+              "layer-normalised over d as the losses see them) is decoded to its 1-s patch by "
+              "the teacher's pre-training decoder; the curves compare the rFFT of those patches "
+              "bin by bin, 1-45 Hz (the axis the spectral terms act on, see dlink/losses.py).</p>")
+
+
+def teacher_scale(teacher) -> float:
+    return teacher.signal.input_scale if teacher.signal is not None else 0.01
 
 
 def _router_weights(folder: Path, test, n_layers: int) -> np.ndarray | None:
@@ -373,29 +379,19 @@ def _router_weights(folder: Path, test, n_layers: int) -> np.ndarray | None:
     return w
 
 
-def _spectra_figure(ctx: _Context, curves: dict, window_s: float, n_windows: int) -> str:
-    teacher = curves["teacher target"]  # (F, d)
-    freqs = np.arange(teacher.shape[0]) / window_s  # Hz of the patch sequence
-    students = [k for k in curves if k != "teacher target" and not k.startswith("phase:")]
-    fig = _fig(13, 3.8)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
-    ax1.plot(freqs, teacher.mean(1), "k-o", label="teacher target (routed)")
-    for name in students:
-        ax1.plot(freqs, curves[name].mean(1), "-o", label=name)
-        ax2.plot(freqs, curves[f"phase:{name}"], "-o", label=name)
-        ax3.scatter(np.log1p(teacher).ravel(), np.log1p(curves[name]).ravel(), s=4,
-                    alpha=0.5, label=name)
-    ax1.set(xlabel="frequency along patches (Hz)", ylabel="mean |rFFT|", yscale="log",
-            title=f"representation spectrum ({n_windows} test windows)")
-    ax2.set(xlabel="frequency along patches (Hz)", ylabel="magnitude-weighted cos Δφ",
-            ylim=(-1.05, 1.05), title="phase agreement with the teacher (1 = same)")
-    lim = float(np.log1p(max(teacher.max(), *(curves[n].max() for n in students))))
-    ax3.plot([0, lim], [0, lim], color="grey", lw=1)
-    ax3.set(xlabel="teacher log1p|X| per (bin, feature)", ylabel="student log1p|X|",
-            title="magnitude per frequency bin and feature")
-    for ax in (ax1, ax2, ax3):
+def _spectra_figure(ctx: _Context, curves: dict, n_windows: int) -> str:
+    fig = _fig(11, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    for name, c in curves.items():
+        ax1.plot(c["freqs"], c["mag_err_db"], "-", label=name)
+        ax2.plot(c["freqs"], c["phase_agreement"], "-", label=name)
+    ax1.set(xlabel="frequency (Hz)", ylabel="|Δ magnitude| (dB)",
+            title=f"magnitude error vs the teacher target ({n_windows} test windows)")
+    ax2.set(xlabel="frequency (Hz)", ylabel="magnitude-weighted cos Δφ", ylim=(-0.05, 1.05),
+            title="phase agreement with the teacher target (1 = same)")
+    for ax in (ax1, ax2):
         ax.legend(fontsize=8)
-    return ctx.figure(fig, "spectra", "teacher vs student representation spectra")
+    return ctx.figure(fig, "spectra", "teacher vs student spectra on the decoded axis")
 
 
 def _confusion_section(ctx: _Context) -> str:
@@ -430,7 +426,7 @@ def _confusion_section(ctx: _Context) -> str:
 
 
 def _model_input(X_uv: np.ndarray, ops: list[dict]) -> np.ndarray:
-    """µV windows -> model input with the manifest's window-local steps (scale, demean).
+    """µV windows -> model input with the manifest's window-local steps (clip, scale, demean).
 
     Streaming filters (``sosfilt``) are the data layer's business before windows are cut,
     as in the export's own parity check.
@@ -441,6 +437,8 @@ def _model_input(X_uv: np.ndarray, ops: list[dict]) -> np.ndarray:
             x = x * np.float32(op["factor"])
         elif op.get("op") == "demean":
             x = x - x.mean(axis=-1, keepdims=True)
+        elif op.get("op") == "clip":
+            x = np.clip(x, -np.float32(op["uV"]), np.float32(op["uV"]))
     return x.astype(np.float32)
 
 

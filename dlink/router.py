@@ -2,9 +2,18 @@
 
 A router turns the teacher's stack of layer outputs into one target for the student's
 mimic representation: ``features = sum_l w_l * H_l`` with ``w`` (B, L) on the simplex.
-`LayerRouter` learns ``w`` per input; `LayerAverage` and `LastLayer` fix it, for ablations.
-All three take the list that ``teacher.forward_layers(x)`` returns and give a
-`RoutedFeatures`; none of them is exported.
+`LayerRouter` learns ``w`` per input; `StaticRouter` learns one ``w`` for every input;
+`LayerAverage` and `LastLayer` fix it, for ablations. All take the list that
+``teacher.forward_layers(x)`` returns and give a `RoutedFeatures`; none is exported.
+
+What the router is trained for. Trained only through the student's mimic loss, a router
+drifts to whichever layer is easiest to imitate, and it does so for every input alike (the
+gradient is the same everywhere), which makes it a static weighting. The learned routers
+here therefore also carry a *target probe*: a linear classifier (BatchNorm + Linear over
+the routed target pooled over patches, per channel) trained with cross-entropy on the
+labels (``DistillLoss.router_ce``). Its gradient flows into the weights, so the router is
+rewarded for mixes that make *this input's* target class-discriminative: a task-relevant
+layer, chosen per input. The probe is part of the router and is never deployed.
 
 Shape legend
 ------------
@@ -30,10 +39,12 @@ class RoutedFeatures:
     ----------
     weights : (B, L) layer weights, non-negative, summing to one per sample.
     features : (B, C, N, d) the weighted sum of the teacher's layer outputs.
+    probe_logits : (B, K) the target probe's logits (learned routers only), else None.
     """
 
     weights: torch.Tensor
     features: torch.Tensor
+    probe_logits: torch.Tensor | None = None
 
     def entropy(self) -> torch.Tensor:
         """Mean entropy of the weights in nats (0 = one layer, log L = uniform).
@@ -61,24 +72,37 @@ def _stack(layers: Sequence[torch.Tensor], n_layers: int, who: str) -> torch.Ten
     return torch.stack(list(layers), dim=1)  # (B, L, C, N, d)
 
 
-def _mix(weights: torch.Tensor, stacked: torch.Tensor) -> RoutedFeatures:
+def _mix(weights: torch.Tensor, stacked: torch.Tensor, probe: nn.Module | None = None) -> RoutedFeatures:
     features = torch.einsum("bl,blcnd->bcnd", weights, stacked)  # (B, C, N, d)
-    return RoutedFeatures(weights=weights, features=features)
+    logits = probe(features) if probe is not None else None  # (B, K)
+    return RoutedFeatures(weights=weights, features=features, probe_logits=logits)
+
+
+class TargetProbe(nn.Module):
+    """Linear classifier of a routed target: (B, C, N, d) -> mean over N -> (B, C*d) ->
+    BatchNorm -> Linear -> (B, K). Training-only; rewards class-discriminative targets."""
+
+    def __init__(self, n_chans: int, d_model: int, n_outputs: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(n_chans * d_model)
+        self.linear = nn.Linear(n_chans * d_model, n_outputs)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=2).flatten(1)  # (B, C*d)
+        return self.linear(self.norm(pooled))  # (B, K)
 
 
 class LayerRouter(nn.Module):
     """Input-conditioned softmax weights over the teacher's layers.
 
-    The router reads the teacher's *shallow* output ``H_cond`` (first layer by default),
-    averaged over channels and patches: (B, C, N, d) -> (B, d). Why this and not the raw
-    patches: (i) it is already computed -- the teacher runs anyway -- so the router is a
-    two-layer MLP of ~d*m parameters instead of a second signal encoder; (ii) it lives
-    in the teacher's normalised embedding space, so the router does not have to learn
-    µV scaling or filtering; (iii) after pooling it does not depend on the montage (C) or
-    window length (N), so one router serves every dataset; (iv) it describes the *input*
-    (a shallow layer is close to the signal) rather than the deep layers being weighted,
-    which keeps the routing input-conditioned instead of judging candidate targets by
-    their own content.
+    The router reads a summary of the teacher's *shallow* output ``H_cond`` (first layer by
+    default): the mean and the standard deviation of every feature over channels and
+    patches, (B, C, N, d) -> (B, 2d), standardised per feature across windows (BatchNorm). The mean says what the window contains, the standard
+    deviation how unevenly it is spread over the scalp and the 5 s, which is what
+    distinguishes, say, a focal artifact from diffuse alpha. Why a shallow layer: it is
+    already computed (the teacher runs anyway), lives in the teacher's normalised space,
+    does not depend on the montage or window length after pooling, and describes the
+    *input* rather than the candidate targets being weighted.
 
     Parameters
     ----------
@@ -87,6 +111,7 @@ class LayerRouter(nn.Module):
     hidden : m, hidden width of the MLP.
     tau : softmax temperature; below 1 sharpens the weights towards one layer.
     cond_layer : index of the layer the router is conditioned on (0 = shallowest).
+    n_chans, n_outputs : C and K of the target probe (module docstring); 0 leaves it out.
 
     Notes
     -----
@@ -95,7 +120,8 @@ class LayerRouter(nn.Module):
     """
 
     def __init__(
-        self, n_layers: int, d_model: int, hidden: int = 64, tau: float = 1.0, cond_layer: int = 0
+        self, n_layers: int, d_model: int, hidden: int = 64, tau: float = 1.0, cond_layer: int = 0,
+        n_chans: int = 0, n_outputs: int = 0,
     ):
         super().__init__()
         if tau <= 0:
@@ -104,21 +130,48 @@ class LayerRouter(nn.Module):
             raise ConfigError(f"cond_layer={cond_layer} is out of range for {n_layers} layers.")
         self.n_layers, self.tau, self.cond_layer = n_layers, tau, cond_layer
         self.mlp = nn.Sequential(
-            nn.LayerNorm(d_model),
-            nn.Linear(d_model, hidden),
+            # BatchNorm, not LayerNorm: the summaries of two windows differ by little next to
+            # what every window shares, and normalising each one on its own kept that little
+            # (measured: per-layer weight sd ~1e-7 across test windows, a static mix).
+            # Standardising each feature across windows makes the differences the input.
+            nn.BatchNorm1d(2 * d_model),
+            nn.Linear(2 * d_model, hidden),
             nn.GELU(),
             nn.Linear(hidden, n_layers),
         )
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        self.probe = TargetProbe(n_chans, d_model, n_outputs) if n_chans and n_outputs else None
 
     def forward(self, layers: Sequence[torch.Tensor]) -> RoutedFeatures:
         """Route L teacher outputs, each (B, C, N, d), to one (B, C, N, d) target."""
         stacked = _stack(layers, self.n_layers, type(self).__name__)  # (B, L, C, N, d)
-        cond = layers[self.cond_layer].mean(dim=(1, 2))  # (B, d)
-        logits = self.mlp(cond)  # (B, L)
-        weights = torch.softmax(logits / self.tau, dim=1)  # (B, L)
-        return _mix(weights, stacked)
+        h = layers[self.cond_layer]  # (B, C, N, d)
+        cond = torch.cat([h.mean(dim=(1, 2)), h.std(dim=(1, 2))], dim=1)  # (B, 2d)
+        weights = torch.softmax(self.mlp(cond) / self.tau, dim=1)  # (B, L)
+        return _mix(weights, stacked, self.probe)
+
+
+class StaticRouter(nn.Module):
+    """One learned weight vector for every input (ablation: routing without conditioning).
+
+    Trained exactly like `LayerRouter` (same losses, same target probe), so the difference
+    between the two rows measures what per-input routing adds.
+    """
+
+    def __init__(self, n_layers: int, d_model: int, tau: float = 1.0, n_chans: int = 0,
+                 n_outputs: int = 0, **_):
+        super().__init__()
+        if tau <= 0:
+            raise ConfigError(f"router tau must be > 0, got {tau}.")
+        self.n_layers, self.tau = n_layers, tau
+        self.logits = nn.Parameter(torch.zeros(n_layers))  # (L,), uniform at start
+        self.probe = TargetProbe(n_chans, d_model, n_outputs) if n_chans and n_outputs else None
+
+    def forward(self, layers: Sequence[torch.Tensor]) -> RoutedFeatures:
+        stacked = _stack(layers, self.n_layers, type(self).__name__)  # (B, L, C, N, d)
+        w = torch.softmax(self.logits / self.tau, dim=0)  # (L,)
+        return _mix(w.expand(stacked.shape[0], -1), stacked, self.probe)  # (B, L) weights
 
 
 class LayerAverage(nn.Module):
@@ -152,23 +205,25 @@ class LastLayer(nn.Module):
 
 ROUTERS: dict[str, type[nn.Module]] = {
     "router": LayerRouter,
+    "static": StaticRouter,
     "average": LayerAverage,
     "last": LastLayer,
 }
 
 
 def build_router(name: str, n_layers: int, d_model: int, **kwargs) -> nn.Module:
-    """Build a router by registry name (``"router"``, ``"average"`` or ``"last"``).
+    """Build a router by registry name (``"router"``, ``"static"``, ``"average"``, ``"last"``).
 
     Parameters
     ----------
     name : a key of `ROUTERS`.
     n_layers : L, ``len(teacher.forward_layers(x))``.
     d_model : d, teacher width.
-    **kwargs : options of `LayerRouter` (``hidden``, ``tau``, ``cond_layer``).
+    **kwargs : options of `LayerRouter` (``hidden``, ``tau``, ``cond_layer``, ``n_chans``,
+        ``n_outputs``) or `StaticRouter` (``tau``, ``n_chans``, ``n_outputs``).
     """
     if name not in ROUTERS:
         raise ConfigError(f"unknown router {name!r}; choose one of {sorted(ROUTERS)}.")
-    if kwargs and name != "router":
+    if kwargs and name not in ("router", "static"):
         raise ConfigError(f"router {name!r} takes no options, got {sorted(kwargs)}.")
     return ROUTERS[name](n_layers, d_model, **kwargs)

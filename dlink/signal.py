@@ -6,7 +6,11 @@ manifest, so nobody re-derives channel order, rate or scaling.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+ELEMENTWISE_OPS = ("clip",)  # sample-wise steps the model units are computed with
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,9 @@ class SignalSpec:
     units : units of the raw samples handed to preprocessing ("uV").
     input_scale : model input = samples (µV) * input_scale. 0.01 gives CBraMod's µV/100.
     preprocessing : ordered, window-local or causal steps applied before the model, as
-        plain dicts (e.g. ``{"op": "scale", "factor": 0.01}``); written into the manifest.
+        plain dicts (e.g. ``{"op": "clip", "uV": 50.0}``: clamp every sample to ±50 µV);
+        written into the manifest, applied in float on the board before the input is
+        quantised, and applied by `to_model_units` in training.
     """
 
     ch_names: tuple[str, ...]
@@ -42,6 +48,33 @@ class SignalSpec:
     def steps(self) -> list[dict]:
         """Preprocessing steps the board must apply, ending with the input scaling."""
         return [*map(dict, self.preprocessing), {"op": "scale", "factor": self.input_scale}]
+
+    @property
+    def clip_uv(self) -> float | None:
+        """The ±bound in µV of the ``clip`` step, if there is one."""
+        bounds = [float(p["uV"]) for p in self.preprocessing if p.get("op") == "clip"]
+        return min(bounds) if bounds else None
+
+    def with_clip(self, uv: float | None) -> SignalSpec:
+        """This spec with its ``clip`` step set to ±``uv`` µV (None removes it)."""
+        kept = tuple(p for p in self.preprocessing if p.get("op") != "clip")
+        if uv is None:
+            return replace(self, preprocessing=kept)
+        if not uv > 0:
+            raise ValueError(f"clip bound must be > 0 µV, got {uv}.")
+        return replace(self, preprocessing=(*kept, {"op": "clip", "uV": float(uv)}))
+
+    def to_model_units(self, X_uv: np.ndarray) -> np.ndarray:
+        """(n, C, T) µV windows -> float32 model input: the ``clip`` step, then the scale.
+
+        This is the model's view of a window in training, calibration and evaluation; the
+        board applies the same steps from the manifest. Filtering steps (``sosfilt``) run
+        on the continuous recording before windows are cut, not here.
+        """
+        X = np.asarray(X_uv, dtype=np.float32)
+        if self.clip_uv is not None:
+            X = np.clip(X, -self.clip_uv, self.clip_uv)
+        return (X * np.float32(self.input_scale)).astype(np.float32)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -55,20 +55,25 @@ _CONFIG_KEYS = ("arch", "kwargs", "n_outputs", "class_names", "signal")
 
 
 def _conv_bn(
-    c_in: int, c_out: int, kernel, stride=1, padding=0, relu: bool = True
+    c_in: int, c_out: int, kernel, stride=1, padding=0, relu: bool = True, groups: int = 1
 ) -> nn.Sequential:
-    """Conv2d (no bias) -> BatchNorm2d [-> ReLU]; the BatchNorm folds into the conv at export."""
+    """Conv2d (no bias) -> BatchNorm2d [-> ReLU6]; the BatchNorm folds into the conv at export.
+
+    ReLU6, not ReLU: the BatchNorm puts typical activations at ~1, so the bound at 6 only
+    cuts artifacts, and it gives every int8 activation the fixed range [0, 6] (both
+    runtimes fuse it into the conv) instead of one set by the rarest calibration window.
+    """
     layers = [
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False, groups=groups),
         nn.BatchNorm2d(c_out),
     ]
     if relu:
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU6())
     return nn.Sequential(*layers)
 
 
 class EEGMiC(nn.Module):
-    """EEG-MiC: project every 1-s patch to the teacher width, then compress and classify.
+    """EEG-MiC: band envelopes per 1-s patch, projected to the teacher width, then compressed.
 
     Parameters
     ----------
@@ -77,29 +82,33 @@ class EEGMiC(nn.Module):
     n_outputs : K, number of classes.
     d_teacher : d, width of the teacher features the mimic representation is matched to.
     patch_size : P, samples per patch; 200 = 1 s at 200 Hz, the teacher's patch.
-    rank : r, width of the per-patch code; the P -> d projection is factorised P -> r -> d
-        (r = 64 keeps 2 x 13K parameters instead of 40K for a full P x d map).
+    n_bands : F, learned band-pass filters applied to every channel (the filter bank).
+    filter_length : taps of each filter (25 = 125 ms at 200 Hz: theta/alpha/beta separate).
+    filter_stride : the filter bank's output is kept every ``filter_stride`` samples. The
+        envelope that follows averages a rectified oscillation over a whole patch, which a
+        sub-sampled sequence estimates as well as the full one, at 1/stride of the MACs.
+    compress_hidden : hidden units per band of a learned element-wise function applied to
+        each band amplitude (a grouped 1x1 conv -> ReLU -> grouped 1x1 conv, added to the
+        amplitude): a piecewise-linear stand-in for the log that band-power models use, which
+        int8 graphs cannot run; 0 leaves it out.
     context_kernel : patches seen by the context conv that mixes all C channels (odd).
     n_virtual : S, virtual channels left after spatial compression.
     width : h, feature width after compressing d.
     temporal_kernel : kernel over the N patches in the temporal compression (odd).
     temporal_stride : stride over N in the temporal compression.
     dropout : dropout before the classifier (training only).
-    input_clip : the input is clamped to ±input_clip model units (0.5 = ±50 µV at µV/100)
-        before anything else. Designed for int8: a per-tensor int8 input range set by rare
-        artifacts (EEGMAT peaks at 583 µV, 99.9 % of samples lie within ±52 µV) leaves
-        ~4.6 µV steps for ordinary EEG and fails the parity gate; clamped, the steps are
-        ~0.4 µV. Training sees the same clamp, so the model and its int8 copy agree.
-        Trade-off: the quantizers keep this clamp in float (ONNX ``Clip``, TFLite
-        ``MINIMUM``/``MAXIMUM`` on the input), one cheap element-wise float op that the
-        export lists in ``float_ops``; None gives a strictly full-integer graph (TFLite
-        Micro) at a cost in int8 fidelity (on EEGMAT about 13 dB logit SQNR instead of ~20).
 
     Notes
     -----
     Input is (B, C, T) float32 in model units (µV * `SignalSpec.input_scale`, i.e. µV/100),
-    the same scaling as the teacher's patches. The architecture is our reading of the
-    paper's "mimic-then-compress" description, not the authors' code.
+    the teacher's scaling. Amplitude clipping (±50 µV by default) is a preprocessing step
+    of the `SignalSpec` applied before the model, not an op of this graph, so the exported
+    graph is full-integer. The front end is ShallowConvNet's band-power idea made int8-
+    friendly: a temporal conv filter bank, half-wave rectification (ReLU) and an average
+    over each patch give the band *amplitude* of every channel and patch -- the quantity
+    the teacher's spectral patch embedding sees -- without square or log, which do not
+    quantise. The architecture is our reading of the paper's "mimic-then-compress"
+    description, not the authors' code.
     """
 
     mimics_teacher = True  # forward_features returns (B, C, N, d_teacher) for the mimic loss
@@ -112,14 +121,16 @@ class EEGMiC(nn.Module):
         *,
         d_teacher: int = 200,
         patch_size: int = 200,
-        rank: int = 64,
+        n_bands: int = 16,
+        filter_length: int = 25,
+        filter_stride: int = 4,
+        compress_hidden: int = 0,
         context_kernel: int = 3,
         n_virtual: int = 4,
         width: int = 32,
         temporal_kernel: int = 3,
         temporal_stride: int = 2,
         dropout: float = 0.25,
-        input_clip: float | None = 0.5,
     ):
         super().__init__()
         if n_times % patch_size:
@@ -132,17 +143,33 @@ class EEGMiC(nn.Module):
                 f"context_kernel={context_kernel} and temporal_kernel={temporal_kernel} "
                 "must be odd so the patch grid stays centred."
             )
+        if patch_size % filter_stride:
+            raise ConfigError(
+                f"filter_stride={filter_stride} must divide patch_size={patch_size} so every "
+                "patch gets the same number of filter outputs."
+            )
         self.n_chans, self.n_times, self.n_outputs = n_chans, n_times, n_outputs
         self.patch_size, self.d_teacher = patch_size, d_teacher
         self.n_patches = n_times // patch_size
-        self.input_clip = input_clip
 
-        # (1) mimic: patch -> r -> (context over channels and neighbouring patches) -> d
-        self.patch_embed = nn.Linear(patch_size, rank)
-        self.context = _conv_bn(
-            n_chans, n_chans, (context_kernel, 1), padding=(context_kernel // 2, 0)
-        )
-        self.to_mimic = nn.Linear(rank, d_teacher)
+        # (1) mimic: filter bank -> rectify -> mean per patch -> (context) -> d
+        self.filterbank = _conv_bn(1, n_bands, (1, filter_length), stride=(1, filter_stride),
+                                   padding=(0, filter_length // 2))  # Conv -> BN -> ReLU
+        # one value per patch: a learned average (depthwise conv, initialised to the mean)
+        # rather than an AveragePool, because int8 runtimes give a pool's output its input's
+        # scale -- the rectified signal's, ~10x too coarse for its patch means
+        per_patch = patch_size // filter_stride
+        self.envelope = nn.Conv2d(n_bands, n_bands, (1, per_patch), stride=(1, per_patch),
+                                  groups=n_bands, bias=False)
+        nn.init.constant_(self.envelope.weight, 1.0 / per_patch)
+        self.compress = nn.Sequential(
+            nn.Conv2d(n_bands, n_bands * compress_hidden, 1, groups=n_bands),
+            nn.ReLU(),
+            nn.Conv2d(n_bands * compress_hidden, n_bands, 1, groups=n_bands),
+        ) if compress_hidden else None
+        self.context = _conv_bn(n_chans, n_chans, (context_kernel, 1),
+                                padding=(context_kernel // 2, 0))
+        self.to_mimic = nn.Linear(n_bands, d_teacher)
 
         # (2) compress: channels C -> S, features d -> h, patches N -> N' -> pooled
         self.spatial = _conv_bn(n_chans, n_virtual, 1, relu=False)
@@ -156,10 +183,9 @@ class EEGMiC(nn.Module):
         )
         pad = temporal_kernel // 2
         n_out = (self.n_patches + 2 * pad - temporal_kernel) // temporal_stride + 1  # N'
-        self.pool = nn.AvgPool2d((1, n_out))  # static global average over N' (AveragePool op)
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, n_outputs)
-        self.num_features = width
+        self.num_features = width * n_out  # the classifier reads every (feature, time step)
+        self.classifier = nn.Linear(self.num_features, n_outputs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Mimic representation, matched to the routed teacher features during training.
@@ -174,12 +200,12 @@ class EEGMiC(nn.Module):
             (B, C, N, d_teacher).
         """
         _check_input(x, self.n_chans, self.n_times, type(self).__name__)
-        b = x.shape[0]
-        if self.input_clip is not None:
-            x = x.clamp(-self.input_clip, self.input_clip)  # (B, C, T), exported as Clip
-        patches = x.reshape(b, self.n_chans, self.n_patches, self.patch_size)  # (B, C, N, P)
-        code = self.patch_embed(patches)  # (B, C, N, r)
-        code = code + self.context(code)  # (B, C, N, r), C acts as conv channels
+        z = self.filterbank(x.unsqueeze(1))  # (B, F, C, T/stride), rectified band signals
+        z = self.envelope(z)  # (B, F, C, N) band amplitude per channel and patch
+        if self.compress is not None:
+            z = z + self.compress(z)  # (B, F, C, N), a learned per-band compression
+        code = z.permute(0, 2, 3, 1)  # (B, C, N, F)
+        code = code + self.context(code)  # (B, C, N, F), C acts as conv channels
         return self.to_mimic(code)  # (B, C, N, d)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -188,18 +214,18 @@ class EEGMiC(nn.Module):
         Parameters
         ----------
         feats : (B, C, N, d) from `forward_features`.
-        pre_logits : return the pooled (B, h) features instead of logits.
+        pre_logits : return the (B, h * N') features instead of logits.
 
         Returns
         -------
         torch.Tensor
-            (B, K) logits, or (B, h) when ``pre_logits``.
+            (B, K) logits, or (B, h * N') when ``pre_logits``.
         """
         z = self.spatial(feats)  # (B, S, N, d)
         z = z.permute(0, 3, 1, 2)  # (B, d, S, N)
         z = self.feature(z)  # (B, h, S, N)
         z = self.temporal(z)  # (B, h, 1, N')
-        z = self.pool(z).reshape(z.shape[0], -1)  # (B, h)
+        z = z.flatten(1)  # (B, h * N'); no pooling layer (int8 pools keep their input's scale)
         if pre_logits:
             return z
         return self.classifier(self.drop(z))  # (B, K)
@@ -212,6 +238,115 @@ class EEGMiC(nn.Module):
         """Replace the classifier with a fresh one for ``n_outputs`` classes."""
         self.n_outputs = n_outputs
         self.classifier = nn.Linear(self.num_features, n_outputs)
+
+    def deployable(self) -> nn.Module:
+        """The graph to export: same logits, the mimic projection folded away.
+
+        ``to_mimic`` (F -> d per token), ``spatial`` (C -> S, BatchNorm, no activation) and
+        ``feature`` (d -> h, BatchNorm, then ReLU6) are linear up to that ReLU6, so they
+        compose into one conv over (F features x C electrodes) -> (h x S); every other
+        BatchNorm folds into its conv. The (B, C, N, d) token grid, which exists to be
+        matched to the teacher in training, is never built on the board, and two int8
+        requantisations of wide, unbounded tensors disappear. Eval-mode BatchNorm
+        statistics; `dlink-export` checks the logits against this model's.
+        """
+        with torch.no_grad():
+            return _DeployedMiC(self.deployed_weights(), self.deployed_geometry())
+
+    def deployed_weights(self) -> dict[str, torch.Tensor]:
+        """The deployed graph's weights (`deployed_forward`), differentiable functions of this
+        model's parameters with BatchNorm at its running statistics (folded)."""
+        w = {}
+        for name in ("filterbank", "context", "temporal"):
+            conv, bn = getattr(self, name)[0], getattr(self, name)[1]
+            scale, shift = _bn_affine(bn)
+            w[f"{name}.weight"] = conv.weight * scale[:, None, None, None]
+            w[f"{name}.bias"] = shift
+        w["envelope.weight"] = self.envelope.weight
+        ws_scale, ws_shift = _bn_affine(self.spatial[1])
+        ws = self.spatial[0].weight[:, :, 0, 0] * ws_scale[:, None]  # (S, C)
+        f_scale, f_shift = _bn_affine(self.feature[1])
+        wf = self.feature[0].weight[:, :, 0, 0] * f_scale[:, None]  # (h, d)
+        wm, bm = self.to_mimic.weight, self.to_mimic.bias  # (d, F), (d,)
+        wfm = wf @ wm  # (h, F): to_mimic, then feature
+        h, n_s = wf.shape[0], ws.shape[0]
+        # output channel h * S + s of the mixing conv: weight wfm[h, f] * ws[s, c]
+        w["mix.weight"] = (wfm[:, None, :, None] * ws[None, :, None, :]).reshape(h * n_s, -1, ws.shape[1], 1)
+        token_bias = bm[None, :] * ws.sum(1)[:, None] + ws_shift[:, None]  # (S, d)
+        w["mix.bias"] = (token_bias @ wf.T + f_shift[None, :]).T.reshape(-1)  # (h*S,)
+        w["classifier.weight"], w["classifier.bias"] = self.classifier.weight, self.classifier.bias
+        if self.compress is not None:
+            for i in (0, 2):
+                w[f"compress.{i}.weight"] = self.compress[i].weight
+                w[f"compress.{i}.bias"] = self.compress[i].bias
+        return w
+
+    def deployed_geometry(self) -> dict:
+        """Strides, paddings and sizes `deployed_forward` needs besides the weights."""
+        fb, ctx, tmp = self.filterbank[0], self.context[0], self.temporal[0]
+        return {"filter_stride": fb.stride, "filter_padding": fb.padding,
+                "per_patch": self.envelope.stride, "n_bands": self.envelope.out_channels,
+                "context_padding": ctx.padding, "temporal_stride": tmp.stride,
+                "temporal_padding": tmp.padding, "width": self.feature[0].out_channels,
+                "n_virtual": self.spatial[0].out_channels, "compress": self.compress is not None,
+                "n_chans": self.n_chans, "n_times": self.n_times}
+
+
+def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torch.Tensor:
+    """The graph `dlink-export` ships for EEG-MiC, (B, C, T) model units -> (B, K) logits.
+
+    ``q(name, tensor)`` is applied to every tensor the int8 graph stores (input, each
+    activation after its fused ReLU6, the residual sum, the logits) and ``wq(tensor)`` to
+    every conv/linear weight; both default to the identity (the float graph). `dlink.qat`
+    passes fake quantisers, so training sees exactly the deployed graph's rounding points.
+    """
+    q = q or (lambda _name, t: t)
+    wq = wq or (lambda t: t)
+    F = nn.functional
+    x = q("input", x)
+    z = F.conv2d(x.unsqueeze(1), wq(w["filterbank.weight"]), w["filterbank.bias"],
+                 stride=g["filter_stride"], padding=g["filter_padding"])  # (B, F, C, T/stride)
+    z = q("filterbank", z.clamp(0.0, 6.0))
+    z = q("envelope", F.conv2d(z, wq(w["envelope.weight"]), None, stride=g["per_patch"],
+                               groups=g["n_bands"]))  # (B, F, C, N)
+    if g["compress"]:
+        h = q("compress", F.relu(F.conv2d(z, wq(w["compress.0.weight"]), w["compress.0.bias"],
+                                          groups=g["n_bands"])))
+        z = q("compressed", z + F.conv2d(h, wq(w["compress.2.weight"]), w["compress.2.bias"],
+                                         groups=g["n_bands"]))
+    code = z.permute(0, 2, 3, 1)  # (B, C, N, F)
+    ctx = q("context", F.conv2d(code, wq(w["context.weight"]), w["context.bias"],
+                                padding=g["context_padding"]).clamp(0.0, 6.0))
+    code = q("residual", code + ctx)  # (B, C, N, F)
+    z = F.conv2d(code.permute(0, 3, 1, 2), wq(w["mix.weight"]), w["mix.bias"])  # (B, h*S, 1, N)
+    z = q("mix", z.clamp(0.0, 6.0))  # the ReLU6 before the reshape, so the conv fuses it
+    z = z.reshape(z.shape[0], g["width"], g["n_virtual"], -1)  # (B, h, S, N)
+    z = F.conv2d(z, wq(w["temporal.weight"]), w["temporal.bias"], stride=g["temporal_stride"],
+                 padding=g["temporal_padding"])  # (B, h, 1, N')
+    z = q("temporal", z.clamp(0.0, 6.0))
+    return q("logits", F.linear(z.flatten(1), wq(w["classifier.weight"]), w["classifier.bias"]))
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of an eval-mode BatchNorm: y = x * scale + shift."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+class _DeployedMiC(nn.Module):
+    """EEG-MiC as shipped (see `EEGMiC.deployable`); (B, C, T) -> (B, K)."""
+
+    def __init__(self, weights: dict, geometry: dict):
+        super().__init__()
+        self.geometry = geometry
+        self.n_chans, self.n_times = geometry["n_chans"], geometry["n_times"]
+        for name, t in weights.items():  # dots are not allowed in parameter names
+            self.register_parameter(name.replace(".", "_"), nn.Parameter(t.detach().clone()))
+        self._names = list(weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = {n: getattr(self, n.replace(".", "_")) for n in self._names}
+        return deployed_forward(x, w, self.geometry)
 
 
 def _check_input(x: torch.Tensor, n_chans: int, n_times: int, name: str) -> None:
@@ -236,9 +371,9 @@ def register_student(name: str, cls: type[nn.Module], description: str, **defaul
     STUDENTS[name] = ModelEntry(name, cls, defaults, "student", description)
 
 
-register_student("mic-xs", EEGMiC, "EEG-MiC, smallest", rank=32, n_virtual=2, width=16)
-register_student("mic-s", EEGMiC, "EEG-MiC, default (<100K params)", rank=64, n_virtual=4, width=48)
-register_student("mic-m", EEGMiC, "EEG-MiC, larger", rank=128, n_virtual=8, width=48)
+register_student("mic-xs", EEGMiC, "EEG-MiC, smallest", n_bands=8, n_virtual=2, width=16)
+register_student("mic-s", EEGMiC, "EEG-MiC, default (<100K params)", n_bands=16, n_virtual=4, width=48)
+register_student("mic-m", EEGMiC, "EEG-MiC, larger", n_bands=32, n_virtual=8, width=48)
 
 
 def available_models() -> dict[str, ModelEntry]:

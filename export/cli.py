@@ -61,6 +61,10 @@ def export(
     tflite_io: Annotated[str, typer.Option(
         help="TFLite input/output tensors: int8 (scale and zero point in the model) or "
         "float32.")] = "int8",
+    target: Annotated[str | None, typer.Option(
+        help="CPU the int8 ONNX file is for: x86 (7-bit weights: x86 CPUs without VNNI "
+        "saturate 8-bit ones) or arm (full 8 bits; Raspberry Pi, Jetson). Default: this "
+        "machine's. Recorded in the manifest.", show_default=False)] = None,
     save_calib: Annotated[Path | None, typer.Option(
         "--save-calib", help="Also save the calibration set drawn from --data here (.npz).",
         show_default=False)] = None,
@@ -79,7 +83,7 @@ def export(
             student_dir, out_dir, calib=calib, data=data, data_dir=data_dir, holdout=holdout,
             formats=formats, force=force, gate=gate, n_calib=n_calib, seed=seed,
             calib_clip=calib_clip, hop=hop,
-            tflite_io=tflite_io, save_calib=save_calib, progress=True, verbose=verbose,
+            tflite_io=tflite_io, target=target, save_calib=save_calib, progress=True, verbose=verbose,
         )
     except GateError as exc:
         err.print(gate_table(exc.results, gate))
@@ -95,23 +99,33 @@ def _summary(manifest: dict, out_dir: Path) -> None:
     table = Table(title=f"{out_dir} ({manifest['model']['arch']}, "
                   f"{manifest['model']['parameters']:,} parameters, "
                   f"{manifest['model']['macs']:,} MACs)")
-    for col in ("artifact", "bytes", "agreement", "SQNR dB", "BAcc change", "float ops", "gate"):
+    for col in ("artifact", "bytes", "agreement", "SQNR dB", "BAcc change", "float ops",
+                "worst band NSR dB", "gate"):
         left = col in ("artifact", "float ops")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "artifact")
     for a in manifest["artifacts"]:
         g = a.get("gate")
         if g is None:
-            table.add_row(a["path"], f"{a['bytes']:,}", "", "", "", "", "")
+            table.add_row(a["path"], f"{a['bytes']:,}", "", "", "", "", "", "")
             continue
         sqnr = "identical" if g["sqnr_db"] >= SQNR_CAP_DB else f"{g['sqnr_db']:.1f}"
         table.add_row(
             a["path"], f"{a['bytes']:,}", f"{g['agreement']:.4f}", sqnr,
-            f"{g['bacc_change']:+.3f}", str(len(g["float_ops"])),
+            f"{g['bacc_change']:+.3f}", str(len(g["float_ops"])), _worst_band(a),
             "[green]pass[/]" if g["passed"] else "[bold red]FAIL (not enforced)[/]",
         )
     out.print(table)
     if not manifest["parity"]["data"]["held_out"]:
         out.print("[yellow]note:[/] no held-out windows; parity measured on the calibration set.")
+
+
+def _worst_band(artifact: dict) -> str:
+    """The highest per-band noise-to-signal ratio of the int8 file's first representation."""
+    bands = (artifact.get("spectral_fidelity") or {}).get("band_nsr_db")
+    if not bands:
+        return ""
+    band = max(bands, key=bands.get)
+    return f"{bands[band]:.1f} ({band})"
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """ONNX: fp32 through torch.export (dynamo), simplified; int8 through ONNX Runtime QDQ.
 
 int8 settings (`ORT_QUANT`): QDQ format, per-channel symmetric int8 weights, asymmetric
-uint8 activations, ``reduce_range=True`` (7-bit weights), global min/max calibration. On
-x86 CPUs without VNNI (AVX2 only, as here) u8 x s8 products are summed in int16 pairs
-(``vpmaddubsw``), which saturates with full 8-bit weights; 7-bit weights cannot saturate.
+uint8 activations, global min/max calibration, and ``reduce_range`` chosen per target CPU
+(`TARGETS`): on x86 CPUs without VNNI (AVX2 only, as here) u8 x s8 products are summed in
+int16 pairs (``vpmaddubsw``), which saturates with full 8-bit weights, so ``x86`` uses
+7-bit weights, which cannot saturate; ARM cores (Raspberry Pi, Jetson) accumulate in 32 bits
+and keep the full 8 bits (``arm``). The target and the setting are recorded in the manifest.
 The graph ONNX Runtime runs is its ``ORT_ENABLE_ALL`` optimisation of this file, which
 fuses QDQ groups into QLinear*/QGemm kernels; `float_ops` inspects that optimised graph.
 """
@@ -23,10 +25,10 @@ INPUT_NAME = "eeg"
 OUTPUT_NAME = "logits"
 OPSET = 18
 ORT_LEVEL = "ORT_ENABLE_ALL"  # the optimisation level the board runs and we check at
+TARGETS = {"x86": True, "arm": False}  # target CPU -> reduce_range (7-bit weights)
 ORT_QUANT = {
     "format": "QDQ",
     "per_channel": True,
-    "reduce_range": True,
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
     "calibrate_method": "MinMax",
@@ -91,8 +93,16 @@ def _torch_export(model, sample, dynamic: bool):
     )
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet) -> dict:
-    """Static int8 QDQ quantisation of ``fp32_path`` (settings in `ORT_QUANT`).
+def default_target() -> str:
+    """The target matching this machine's CPU (``x86`` or ``arm``)."""
+    import platform
+
+    return "arm" if platform.machine().lower() in ("aarch64", "arm64", "armv7l") else "x86"
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet, target: str = "x86") -> dict:
+    """Static int8 QDQ quantisation of ``fp32_path`` (settings in `ORT_QUANT`, ``reduce_range``
+    from ``target``, a key of `TARGETS`).
 
     Returns
     -------
@@ -116,12 +126,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet) -> dic
             OrtCalibrationReader(calib, INPUT_NAME),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=True,
+            reduce_range=TARGETS[target],
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    return dict(ORT_QUANT)
+    return {**ORT_QUANT, "target": target, "reduce_range": TARGETS[target]}
 
 
 def session(path: Path, optimized_model_path: Path | None = None):

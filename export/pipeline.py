@@ -47,6 +47,7 @@ from export.manifest import (
     toolchain_versions,
 )
 from export.parity import GateThresholds, ParityResult, compare
+from export.spectral_fidelity import band_errors_safe
 
 FORMATS = ("onnx", "tflite", "c")
 FP32_TOLERANCE = 1e-5  # fp32 ONNX vs PyTorch: largest |logit difference| allowed
@@ -75,6 +76,7 @@ def export_student(
     calib_clip: float | None = None,
     hop: int | None = None,
     tflite_io: str = tflite_export.TFLITE_IO,
+    target: str | None = None,
     save_calib: str | os.PathLike | None = None,
     progress: bool = False,
     verbose: bool = False,
@@ -101,6 +103,10 @@ def export_student(
         calibrating (`CalibrationSet.clipped`); None (default) calibrates on them as drawn.
     hop : default samples between decisions on the board; default ``n_times``.
     tflite_io : ``"int8"`` (default) or ``"float32"`` TFLite input/output tensors.
+    target : CPU the int8 ONNX file is for, ``"x86"`` (7-bit weights, see
+        `onnx_export.TARGETS`) or ``"arm"``; default: this machine's. The gate runs here, so
+        an ``arm`` file gated on an x86 CPU without VNNI may fail on saturation that the
+        board does not have.
     save_calib : also write the calibration set drawn from ``data`` here (.npz + .json).
     progress : show a progress bar on stderr.
     verbose : let the converters print their own logs.
@@ -119,6 +125,9 @@ def export_student(
     """
     gate = gate or GateThresholds()
     formats = _check_formats(formats)
+    target = target or onnx_export.default_target()
+    if target not in onnx_export.TARGETS:
+        raise ConfigError(f"unknown target {target!r}; choose from {sorted(onnx_export.TARGETS)}.")
     out_dir = Path(out_dir)
     if _exists(out_dir) and not force:
         raise OutputExistsError(
@@ -133,7 +142,7 @@ def export_student(
         if save_calib is not None and (calib is None or calib_clip is not None):
             save_calibration_set(calib_set, save_calib)
         job = _write_artifacts(stage, model, calib_set, held, formats, gate, tflite_io,
-                               progress, verbose)
+                               progress, verbose, target)
         manifest = {
             "schema": SCHEMA,
             "model": _model_section(model, job, Path(student_dir).resolve().name),
@@ -246,7 +255,7 @@ def _check_windows(windows, signal: SignalSpec, what: str) -> None:
 
 
 def _check_calibration(cs: CalibrationSet, signal: SignalSpec) -> None:
-    fields = ("ch_names", "sfreq", "n_times", "input_scale")
+    fields = ("ch_names", "sfreq", "n_times", "input_scale", "preprocessing")
     diff = [f for f in fields if getattr(cs.signal, f) != getattr(signal, f)]
     if diff:
         f = diff[0]
@@ -275,10 +284,15 @@ class _Exporter:
     """Writes the artifacts into ``stage`` and gathers their manifest entries and checks."""
 
     def __init__(self, stage: Path, work: Path, model: nn.Module, calib: CalibrationSet,
-                 held, gate: GateThresholds, steps: Steps, verbose: bool):
+                 held, gate: GateThresholds, steps: Steps, verbose: bool, target: str = "x86"):
         self.stage, self.work, self.model, self.calib = stage, work, model, calib
         self.gate, self.steps, self.verbose = gate, steps, verbose
-        self.deploy, folded = _fold_batchnorm(model)
+        # the graph to ship: a model may fold training-only structure away (EEG-MiC's mimic
+        # projection, `deployable()`); its logits are checked against the model's below
+        deployable = model.deployable() if hasattr(model, "deployable") else model
+        self.deploy, folded = _fold_batchnorm(deployable)
+        folded = folded or deployable is not model  # deployable() folded them itself
+        self.target = target  # the int8 ONNX file's CPU (onnx_export.TARGETS)
         self.sample = torch.from_numpy(calib.X[:1])  # (1, C, T)
         if held is not None:
             self.X, self.y = to_model_units(held.X, model.signal), np.asarray(held.y)
@@ -304,14 +318,16 @@ class _Exporter:
             )
         with self.steps.step("quantising int8 ONNX (ONNX Runtime QDQ)"):
             quant = self._tool("ONNX Runtime quantisation", onnx_export.quantize_int8, fp32,
-                               int8, self.calib)
+                               int8, self.calib, self.target)
         with self.steps.step("gating int8 ONNX"):
             result = self._gate(FILES["int8_onnx"], onnx_export.run(int8, self.X),
                                 onnx_export.float_ops(int8))
+        with self.steps.step("int8 spectral fidelity per EEG band"):
+            spectral = band_errors_safe(fp32, int8, self.X[:128], self.model.signal.sfreq)
         io = {"batch": info["batch"]}
         self._add(FILES["fp32_onnx"], "onnx", "fp32", io=io, parity_vs_torch=check)
         self._add(FILES["int8_onnx"], "onnx", "int8", io=io, gate=result.to_manifest(),
-                  parameter_bytes=onnx_export.parameter_bytes(int8))
+                  spectral_fidelity=spectral, parameter_bytes=onnx_export.parameter_bytes(int8))
         self.settings["onnx"] = {**info, "ort_optimization_level": onnx_export.ORT_LEVEL,
                                  "quantization": quant}
 
@@ -375,11 +391,11 @@ class _Exporter:
 
 
 def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, progress,
-                     verbose) -> _Exporter:
+                     verbose, target: str = "x86") -> _Exporter:
     """Write every requested artifact into ``stage``; raise `GateError` if the gate fails."""
     n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 3 * ("c" in formats)
     with tempfile.TemporaryDirectory() as work, Steps(n_steps, progress) as steps:
-        job = _Exporter(stage, Path(work), model, calib, held, gate, steps, verbose)
+        job = _Exporter(stage, Path(work), model, calib, held, gate, steps, verbose, target)
         if "onnx" in formats:
             job.onnx()
         if "tflite" in formats:

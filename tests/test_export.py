@@ -22,6 +22,7 @@ import torch
 
 from calibration import from_windows, save_calibration_set
 from dlink.data import Windows, split_subjects
+from dlink.errors import ConfigError
 from dlink.signal import SignalSpec
 from dlink.student import build_student, load_student, save_student
 from export import GateThresholds, export_student
@@ -29,6 +30,7 @@ from export.errors import ExportError, GateError, OutputExistsError
 from export.pipeline import _staging
 
 SIGNAL = SignalSpec(ch_names=("C3", "C4", "O1", "O2"), sfreq=200.0, n_times=400)
+CLIPPED = SIGNAL.with_clip(50.0)  # what dlink distill trains on: ±50 µV, then µV/100
 CLASSES = ["rest", "task"]
 
 
@@ -56,12 +58,11 @@ def _train_tiny_student(windows: Windows, train_subjects) -> torch.nn.Module:
     torch.set_num_threads(1)  # tiny model: threads only contend on a shared CPU
     try:
         torch.manual_seed(0)
-        # input_clip=None: the strictly full-integer graph (what TFLite Micro needs). The default
-        # ±50 µV input clamp stays a float op (ONNX Clip, TFLite MINIMUM/MAXIMUM) and would be
-        # listed in float_ops; the tests below assert a graph without any.
-        model = build_student("mic-xs", SIGNAL, len(CLASSES), class_names=CLASSES, input_clip=None)
+        # The ±50 µV clamp is a preprocessing step of the signal (manifest "clip" op, applied
+        # in float before the input is quantised), so the graph itself is full-integer.
+        model = build_student("mic-xs", CLIPPED, len(CLASSES), class_names=CLASSES)
         train = windows.of_subjects(train_subjects)
-        X = torch.from_numpy(train.X * SIGNAL.input_scale)
+        X = torch.from_numpy(CLIPPED.to_model_units(train.X))
         y = torch.from_numpy(train.y)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         model.train()
@@ -83,7 +84,7 @@ def assets(tmp_path_factory):
     windows = _synthetic_windows()
     split = split_subjects(windows)  # 6 / 1 / 1 subjects
     save_student(_train_tiny_student(windows, split.train), root / "student")
-    calib = from_windows(windows, split.train, split.val + split.test, signal=SIGNAL,
+    calib = from_windows(windows, split.train, split.val + split.test, signal=CLIPPED,
                          n_windows=64)
     save_calibration_set(calib, root / "calib.npz")
     test = windows.of_subjects(split.test)
@@ -159,7 +160,8 @@ def test_manifest_describes_the_contract(exported, assets):
     assert inp["name"] == "eeg" and inp["layout"] == "NCT" and inp["units"] == "uV"
     assert inp["ch_names"] == list(SIGNAL.ch_names)
     assert (inp["sfreq"], inp["n_times"], inp["hop"]) == (200.0, 400, 400)
-    assert inp["preprocessing"] == SIGNAL.steps() == [{"op": "scale", "factor": 0.01}]
+    assert inp["preprocessing"] == CLIPPED.steps() == [{"op": "clip", "uV": 50.0},
+                                                        {"op": "scale", "factor": 0.01}]
     assert m["output"]["class_names"] == CLASSES and m["output"]["kind"] == "logits"
 
     from dlink.nn_utils import count_macs, count_parameters
@@ -415,3 +417,32 @@ def test_failure_inside_the_stage_leaves_the_old_folder_and_no_debris(tmp_path):
         (stage / "half.txt").write_text("half")
         raise RuntimeError("conversion failed")
     assert list(tmp_path.iterdir()) == []  # the parents it created are gone too
+
+
+def test_input_clip_is_a_runtime_step_and_the_tflite_graph_is_full_integer(exported):
+    manifest = exported["manifest"]
+    assert manifest["input"]["preprocessing"][0] == {"op": "clip", "uV": 50.0}
+    tfl = next(a for a in manifest["artifacts"] if a["path"] == "model.int8.tflite")
+    assert tfl["gate"]["float_ops"] == []
+
+
+def test_int8_onnx_reports_spectral_fidelity_per_eeg_band(exported):
+    onnx_int8 = next(a for a in exported["manifest"]["artifacts"] if a["path"] == "model.int8.onnx")
+    fid = onnx_int8["spectral_fidelity"]
+    assert fid["fs_hz"] == 50.0 and fid["n_windows"] > 0
+    assert set(fid["band_nsr_db"]) == {"delta", "theta", "alpha", "beta"}  # gamma is above 25 Hz
+    assert all(v < -10 for v in fid["band_nsr_db"].values()), fid
+
+
+def test_quantisation_target_is_recorded_and_sets_reduce_range(exported, assets, tmp_path):
+    from export import onnx_export
+
+    quant = exported["manifest"]["export"]["onnx"]["quantization"]
+    assert quant["target"] == onnx_export.default_target()
+    assert quant["reduce_range"] == onnx_export.TARGETS[quant["target"]]
+    arm = export_student(assets["student"], tmp_path / "arm", calib=assets["calib"],
+                         holdout=assets["holdout"], formats=("onnx",), target="arm",
+                         gate=GateThresholds(enforce=False))
+    assert arm["export"]["onnx"]["quantization"] == {**quant, "target": "arm", "reduce_range": False}
+    with pytest.raises(ConfigError, match="unknown target"):
+        export_student(assets["student"], tmp_path / "x", calib=assets["calib"], target="riscv")

@@ -8,12 +8,16 @@ import torch
 from dlink.errors import ConfigError
 from dlink.losses import (
     LOSSES,
+    Decoder,
     DistillLoss,
     build_loss,
+    decoded_spectra,
     distill_loss,
     kd_loss,
     mimic_loss,
+    spectral_agreement,
     spectral_loss,
+    spectral_terms_from_spectra,
 )
 
 B, C, N, D, K = 2, 3, 9, 8, 2  # odd N: rFFT has no Nyquist bin, every non-DC bin rotates
@@ -76,8 +80,9 @@ def test_total_is_the_weighted_sum_of_named_terms():
     cfg = build_loss("dlink-kd", alpha=2.0, lambda_mag=0.3, lambda_phase=0.7, label_smoothing=0.1)
     logits, labels = torch.randn(B, K, requires_grad=True), torch.tensor([0, 1])
     s = _feats(1).requires_grad_()
-    terms = distill_loss(cfg, logits, labels, s, _feats(2), teacher_logits=torch.randn(B, K))
-    assert set(terms) == {"ce", "mimic", "mag", "phase", "kd", "total"}
+    terms = distill_loss(cfg, logits, labels, s, _feats(2), teacher_logits=torch.randn(B, K),
+                         decoder=_decoder(D))
+    assert set(terms) == {"ce", "mimic", "mag", "phase", "kd", "router_ce", "total"}
     expected = (
         terms["ce"] + 2.0 * terms["mimic"] + 0.3 * terms["mag"] + 0.7 * terms["phase"] + terms["kd"]
     )
@@ -98,3 +103,63 @@ def test_ce_preset_needs_no_teacher_and_missing_inputs_are_explained():
         build_loss("nope")
     with pytest.raises(ConfigError, match="alpha"):
         DistillLoss(alpha=-1)
+
+
+# --- the decoded axis: 1-s patches at 200 Hz, 1 Hz bins ------------------------------------
+
+P, FS = 200, 200.0
+
+
+def _decoder(d: int = P) -> Decoder:
+    """Identity decoder when d == P (tokens are their own 1-s patches), else a fixed random map."""
+    g = torch.Generator().manual_seed(7)
+    weight = torch.eye(P) if d == P else torch.randn(P, d, generator=g) / d**0.5
+    return Decoder(weight, torch.zeros(P), fs=FS)
+
+
+def _oscillation(hz: float, phase: float) -> torch.Tensor:
+    """(B, C, N, P) tokens whose decoded patches are an alpha-band sine plus broadband noise."""
+    t = torch.arange(P) / FS
+    g = torch.Generator().manual_seed(3)
+    noise = 0.2 * torch.randn(B, C, N, P, generator=g)
+    return torch.sin(2 * math.pi * hz * t + phase) + noise
+
+
+def test_decoded_axis_has_45_eeg_bins_of_1_hz():
+    dec = _decoder()
+    spec = decoded_spectra(_oscillation(10.0, 0.0), dec, (1.0, 45.0))
+    assert spec.shape[-1] == 45
+    assert dec.freqs((1.0, 45.0))[[0, -1]].tolist() == [1.0, 45.0]
+    assert spec.abs().mean(dim=(0, 1, 2)).argmax().item() == 9  # the 10 Hz bin
+
+
+def test_decoded_spectral_loss_is_zero_for_identical_inputs_and_grows_with_a_10hz_phase_shift():
+    cfg = build_loss("dlink", alpha=0.0, router_ce=0.0)
+    logits, labels = torch.zeros(B, K), torch.tensor([0, 1])
+    target = _oscillation(10.0, 0.0)
+    same = distill_loss(cfg, logits, labels, target.clone(), target, decoder=_decoder())
+    assert same["mag"].item() == pytest.approx(0.0, abs=1e-6)
+    assert same["phase"].item() == pytest.approx(0.0, abs=1e-5)
+    phases = [distill_loss(cfg, logits, labels, _oscillation(10.0, a), target,
+                           decoder=_decoder())["phase"].item() for a in (0.0, 0.3, 0.8, 1.6, 3.0)]
+    assert all(a < b for a, b in zip(phases, phases[1:])), phases
+    assert phases[-1] > 0.5
+
+
+def test_spectral_agreement_reports_phase_per_frequency():
+    dec = _decoder()
+    target = _oscillation(10.0, 0.0)
+    same = spectral_agreement(target, target, dec)
+    shifted = spectral_agreement(_oscillation(10.0, math.pi / 2), target, dec)
+    assert same["freqs"].shape == same["phase_agreement"].shape == (45,)
+    assert same["phase_agreement"][9] == pytest.approx(1.0, abs=1e-4)
+    assert shifted["phase_agreement"][9] < 0.2  # 90 degrees apart at 10 Hz
+    assert same["mag_err_db"].max() < 1e-3
+
+
+def test_decoded_spectral_terms_have_finite_gradients():
+    s = torch.zeros(B, C, N, P, requires_grad=True)
+    mag, phase = spectral_terms_from_spectra(decoded_spectra(s, _decoder()),
+                                             decoded_spectra(_oscillation(10.0, 0.0), _decoder()), dim=-1)
+    (mag + phase).backward()
+    assert torch.isfinite(s.grad).all()

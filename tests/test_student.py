@@ -84,7 +84,7 @@ def saved(tmp_path):
         (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
         (lambda d: _truncate(d / "model.safetensors"), "corrupted or truncated"),
         (lambda d: _edit_config(d, arch="mic-xxl"), "unknown arch"),
-        (lambda d: _edit_config(d, kwargs={"rank": 7}), "does not match"),
+        (lambda d: _edit_config(d, kwargs={"n_bands": 7}), "does not match"),
     ],
 )
 def test_damaged_checkpoint_raises_one_line_checkpoint_error(saved, damage, message):

@@ -62,7 +62,45 @@ def test_finetune_saves_a_loadable_teacher_with_metrics(tiny_teacher):
     teacher = load_teacher(tiny_teacher)
     assert teacher.n_outputs == 2
     metrics = json.loads((tiny_teacher / "metrics.json").read_text())
-    assert metrics["selection"] == "auroc" and metrics["split"]["test"] == ["34"]
+    assert metrics["selection"] == "bacc_tuned" and metrics["split"]["test"] == ["34"]
+    assert teacher.head_kind == "channel" and teacher.head_chans == 19
+    assert np.isfinite(metrics["threshold_bias"]) and metrics["history"][0]["val"]["bacc_tuned"] >= 0
+
+
+def test_finetune_options_frozen_layers_scratch_and_threshold(tiny_teacher, small_windows, tmp_path):
+    """The CPU recipe's options on the tiny preset: frozen, cached lower layer; the probe warm
+    start; the pooled head; from scratch; the validation threshold folded into the bias."""
+    pre = tiny_teacher.parent / "pre"
+    frozen_before = {k: v.clone() for k, v in load_teacher(pre).state_dict().items()
+                     if k.startswith(("patch_embedding.", "encoder.layers.0."))}
+    m = finetune(pre, small_windows, SPLIT, tmp_path / "frozen",
+                 FinetuneConfig(epochs=1, batch_size=16, frozen_layers=1, head="mean", probe_epochs=2))
+    after = load_teacher(tmp_path / "frozen").state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen_before.items()), "frozen part changed"
+    assert load_teacher(tmp_path / "frozen").head_kind == "mean"
+    # the saved bias includes the tuned threshold: re-tuning the saved model's validation
+    # logits finds (almost) no further shift
+    from dlink.finetune import teacher_input, tune_threshold
+    from dlink.training import predict_logits
+
+    val = small_windows.of_subjects(SPLIT.val)
+    logits = predict_logits(load_teacher(tmp_path / "frozen"), teacher_input(val))
+    bias, bacc = tune_threshold(logits, val.y)
+    assert bacc == pytest.approx(m["val"]["bacc"], abs=1e-6)
+    scratch = finetune(pre, small_windows, SPLIT, tmp_path / "scratch",
+                       FinetuneConfig(epochs=1, batch_size=16, from_scratch=True, probe_epochs=0))
+    assert scratch["config"]["from_scratch"] and 0 <= scratch["test"]["bacc"] <= 1
+    with pytest.raises(Exception, match="frozen_layers"):
+        finetune(pre, small_windows, SPLIT, tmp_path / "bad", FinetuneConfig(epochs=1, frozen_layers=2))
+
+
+def test_tune_threshold_maximises_balanced_accuracy():
+    from dlink.finetune import tune_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 1])
+    logits = np.stack([np.zeros(6), np.array([-3.0, -2.5, -2.0, -1.8, -1.0, -0.5])], axis=1)
+    bias, bacc = tune_threshold(logits, y)  # argmax says class 0 everywhere (BAcc 0.5)
+    assert bacc == 1.0 and -1.8 < -bias < -1.0
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -86,14 +124,18 @@ def test_every_method_distils_a_loadable_student(method, tiny_teacher, small_win
         assert np.allclose(rw["weights"].sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_distill_resumes_from_its_checkpoint(tiny_teacher, small_windows, tmp_path):
+def test_distill_resumes_from_its_checkpoint_and_refuses_changed_settings(tiny_teacher, small_windows,
+                                                                          tmp_path):
+    from dlink.errors import ConfigError
+
     cfg = DistillConfig(method="dlink", epochs=1, student="mic-xs")
     distill(tiny_teacher, small_windows, SPLIT, tmp_path, cfg)
     first = json.loads((tmp_path / "history.json").read_text())
-    cfg.epochs = 2  # resuming continues after the saved epoch
-    distill(tiny_teacher, small_windows, SPLIT, tmp_path, cfg)
-    history = json.loads((tmp_path / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2] and history[0] == first[0]
+    distill(tiny_teacher, small_windows, SPLIT, tmp_path, cfg)  # nothing left to do: same history
+    assert json.loads((tmp_path / "history.json").read_text()) == first
+    cfg.epochs = 2  # another schedule: a one-line refusal naming the setting
+    with pytest.raises(ConfigError, match="epochs 1 -> 2"):
+        distill(tiny_teacher, small_windows, SPLIT, tmp_path, cfg)
 
 
 def test_router_is_trained_by_the_distillation_loss():
@@ -105,11 +147,26 @@ def test_router_is_trained_by_the_distillation_loss():
 
     torch.manual_seed(0)
     signal = SignalSpec(tuple(f"c{i}" for i in range(19)), 200.0, 1000)
+    from dlink.losses import Decoder
+
     student = build_student("mic-xs", signal, 2, d_teacher=40)
-    router = build_router("router", 3, 40)
-    objective = DistillObjective(student, router, "dlink", 0.0, None)
+    router = build_router("router", 3, 40, n_chans=19, n_outputs=2)
+    objective = DistillObjective(student, router, "dlink", 0.0, None,
+                                 decoder=Decoder(torch.randn(200, 40) / 40**0.5, torch.zeros(200)))
     layers = torch.randn(4, 3, 19, 5, 40)
     terms = objective(torch.randn(4, 19, 1000), torch.tensor([0, 1, 0, 1]), layers, None)
     terms["loss"].backward()
     grads = [p.grad for p in router.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_int8_aware_phase_trains_through_the_simulated_deployed_graph(tiny_teacher, small_windows, tmp_path):
+    m = distill(tiny_teacher, small_windows, SPLIT, tmp_path,
+                DistillConfig(method="no-kd", epochs=1, student="mic-xs", qat_epochs=1, qat_calib=32))
+    qat = m["qat"]
+    assert qat["epochs"] == 1 and qat["selected_epoch"] == 1
+    assert set(qat["ranges"]) >= {"input", "filterbank", "envelope", "residual", "mix", "temporal", "logits"}
+    assert qat["ranges"]["input"] == [-0.5, 0.5]  # the ±50 µV clip, in model units
+    history = json.loads((tmp_path / "qat" / "history.json").read_text())
+    assert {"int8_mse", "ce"} <= set(history[0]["train"]) and "sqnr_db" in history[0]["val"]
+    assert load_student(tmp_path)(torch.zeros(1, 19, 1000)).shape == (1, 2)

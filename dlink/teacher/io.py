@@ -224,7 +224,9 @@ def _load_folder(path: Path, preset: str | None, n_outputs: int | None, override
         raise CheckpointError(f"{path / CONFIG_NAME} has no 'config' object; re-save the "
                               f"teacher with save_teacher.")
     cfg = CBraModConfig.from_dict({**meta["config"], **overrides})
-    model = CBraMod(cfg, n_outputs=saved_outputs, head_dropout=head_dropout)
+    head = meta.get("head") or {"kind": "mean", "n_chans": None}
+    model = CBraMod(cfg, n_outputs=saved_outputs, head_dropout=head_dropout, head=head["kind"],
+                    n_chans=head.get("n_chans"))
     _load_strict(model, state_dict, str(weights))
     if meta.get("signal"):
         model.signal = SignalSpec.from_dict(meta["signal"])
@@ -300,6 +302,7 @@ def save_teacher(model: CBraMod, directory: str | Path, extra_config: dict | Non
         "preset": preset,  # informational; "config" is what rebuilds the model
         "config": model.cfg.to_dict(),
         "n_outputs": model.n_outputs,
+        "head": model.head_config,
         "signal": signal.to_dict() if signal is not None else None,
         "extra": extra_config or {},
     }
