@@ -289,18 +289,15 @@ def _summary_table(summary: dict, title: str) -> Table:
 
 
 def _profile(model_dir, backend, precision, threads, windows, warmup, edf, allow_failed_gate,
-             reference=None):
+             reference=None, cold_runs=0):
     from edge_runtime.manifest import load_manifest
-    from edge_runtime.profiling import profile_model
-    from edge_runtime.sources import read_edf
+    from edge_runtime.profiling import profile_fresh
 
-    data = None
-    if edf is not None:
-        spec = load_manifest(model_dir, verify=False).input
-        data = read_edf(edf, spec.ch_names, spec.sfreq).data
-    return profile_model(model_dir, backend=backend.value, precision=precision.value,
-                         threads=threads, n_windows=windows, warmup=warmup, data=data,
-                         allow_failed_gate=allow_failed_gate, reference=reference)
+    load_manifest(model_dir)  # a bad folder fails here, before any process is started
+    return profile_fresh(model_dir, backend=backend.value, precision=precision.value,
+                         threads=threads, n_windows=windows, warmup=warmup, edf=edf,
+                         allow_failed_gate=allow_failed_gate, reference=reference,
+                         cold_runs=cold_runs)
 
 
 def _profile_table(rep) -> Table:
@@ -318,9 +315,21 @@ def _profile_table(rep) -> Table:
         ("throughput (streaming)", f"{rep.throughput_wps:.1f} windows/s"),
         ("model time / window", f"{rep.model_ms_per_window:.3f} ms"),
         ("buffer + preprocessing / window", f"{rep.overhead_ms_per_window:.3f} ms"),
+        ("decision / model time (p50)", f"{rep.decision_ratio:.3f}"),
         ("peak RSS", f"{rep.peak_rss_mb:.1f} MB"),
         ("windows timed (after warm-up)", f"{rep.n_windows} (+{rep.warmup})"),
     ]
+    if rep.cold_start is not None:
+        cs = rep.cold_start
+        rows += [("cold start: process start -> first decision (median)",
+                  f"{cs['median_s'] * 1e3:.0f} ms"),
+                 ("  of which imports (fresh process)", f"{cs['import_s'] * 1e3:.0f} ms")]
+        if cs["cpu_median_s"] is not None:
+            rows.append(("  CPU time to first decision (median)",
+                         f"{cs['cpu_median_s'] * 1e3:.0f} ms"))
+        if cs["run_peak_rss_mb"] is not None:
+            rows.append(("  peak RSS of `run` at its first decision",
+                         f"{cs['run_peak_rss_mb']:.1f} MB"))
     if rep.reference is not None:
         ref = rep.reference
         rows += [(f"reference {ref['name']} latency p50", f"{ref['p50_ms']:.3f} ms"),
@@ -343,10 +352,14 @@ def profile(
     as_json: JsonOpt = False,
     allow_failed_gate: GateOpt = False,
     reference: ReferenceOpt = None,
+    cold_runs: Annotated[int, typer.Option(
+        "--cold-runs", min=0, help="Fresh `dlink-edge run --stdin` processes timed from "
+        "process start to first decision (0: skip).")] = 3,
 ) -> None:
-    """Load time, first inference, latency percentiles, throughput, overhead, peak RSS."""
+    """Load time, first inference, latency percentiles, decision/model ratio, peak RSS, cold
+    start."""
     rep = _profile(model_dir, backend, precision, threads, windows, warmup, edf,
-                   allow_failed_gate, reference)
+                   allow_failed_gate, reference, cold_runs)
     if as_json:
         print(json.dumps(rep.to_dict(), indent=2))
     else:

@@ -6,7 +6,7 @@ the only place that parses it; the rest of the runtime works with the typed obje
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from edge_runtime.preprocessing import validate_ops
 
 SCHEMA = "dlink-manifest/1"
 MANIFEST_NAME = "manifest.json"
-KNOWN_OPS = ("scale", "demean", "sosfilt")
+KNOWN_OPS = ("clip", "scale", "demean", "sosfilt")
 FORMAT_OF_BACKEND = {"onnx": "onnx", "tflite": "tflite"}
 
 
@@ -37,7 +37,7 @@ class InputSpec:
     n_times : samples per window.
     hop : default samples between two decisions.
     units : units of the pushed samples; always ``"uV"`` in schema 1.
-    preprocessing : ordered ops, plain dicts (``scale``, ``demean``, ``sosfilt``).
+    preprocessing : ordered ops, plain dicts (``clip``, ``scale``, ``demean``, ``sosfilt``).
     """
 
     name: str
@@ -113,8 +113,21 @@ class Manifest:
         )
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def _sha256():
+    """A sha256 object from CPython's built-in implementation when there is one: `hashlib`
+    maps OpenSSL's libcrypto (about 3.5 MB resident) to hash a few small files."""
+    for name in ("_sha2", "_sha256"):  # CPython >= 3.12, 3.11
+        try:
+            return importlib.import_module(name).sha256()
+        except (ImportError, AttributeError):
+            continue
+    import hashlib
+
+    return hashlib.sha256()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 16) -> str:
+    h = _sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

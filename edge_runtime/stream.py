@@ -172,6 +172,11 @@ class _Buffer:
                 self.bad_stop_abs = self.stop_abs + int(hits[-1]) + 1
         self.hi += n
 
+    def skip(self, n: int) -> None:
+        """Advance an empty buffer by n samples that need no keeping."""
+        assert self.lo == self.hi, "skip() needs an empty buffer"
+        self.lo_abs += n
+
     def window(self, start_abs: int, stop_abs: int) -> tuple[np.ndarray, int]:
         """(C, T) float32 view of samples [start_abs, stop_abs) and how many are bad."""
         a = self.lo + start_abs - self.lo_abs
@@ -334,6 +339,10 @@ class StreamingClassifier:
         x = _as_samples(samples, self.spec.n_chans)
         if self._direct and 0 < x.shape[1] <= self._max_slice:
             t0 = time.perf_counter()
+            results = self._push_aligned(x)
+            if results is not None:
+                self._pipeline_s += time.perf_counter() - t0
+                return results
             if self._buf.append_finite(x):  # the common case: no filter, no resampler
                 n = x.shape[1]
                 self._last = x[:, -1].astype(np.float64)
@@ -380,6 +389,31 @@ class StreamingClassifier:
         self._pipeline_s += time.perf_counter() - t0
         return results
 
+    def _push_aligned(self, x: np.ndarray) -> list[WindowResult] | None:
+        """Windows straight from ``x``, without the buffer, when the next window starts at
+        its first sample (hop == T, nothing pending: a source that delivers one hop per
+        push). The same numbers as through the buffer; None if this does not apply or a
+        sample is not finite (then the general path takes ``x``)."""
+        T, n, buf = self.spec.n_times, x.shape[1], self._buf
+        if self.hop != T or n < T or buf.lo != buf.hi or self._next_stop - T != buf.stop_abs:
+            return None
+        k = n // T  # windows inside x
+        w = np.empty((k, self.spec.n_chans, T), np.float32)  # (B, C, T)
+        for j in range(k):
+            w[j] = x[:, j * T:(j + 1) * T]  # rounds to float32, as the buffer would
+        if not math.isfinite(w.sum()):  # before clip, which would hide an Inf
+            return None
+        buf.skip(k * T)
+        if n > k * T and not buf.append_finite(x[:, k * T:]):
+            buf.skip(-k * T)
+            return None
+        stops = [self._next_stop + j * T for j in range(k)]
+        self._next_stop += k * T
+        self._last = x[:, -1].astype(np.float64)
+        self._n["received"] += n
+        self._n["stream"] += n
+        return self._score(self._window_stage.apply(w), [0] * k, stops)
+
     def _feed(self, x: np.ndarray, finite: bool) -> list[WindowResult]:
         """(C, n) samples at the device rate -> the windows they complete.
 
@@ -408,15 +442,19 @@ class StreamingClassifier:
             views, n_bad = zip(*[self._buf.window(s - T, s) for s in stops])
             x = self._window_stage.fill(
                 np.empty((len(stops), self.spec.n_chans, T), np.float32), views)  # (B, C, T)
-            first = self._n["emitted"] + self._n["rejected"]
-            got, model_s = _decide(self.model, x, n_bad, first, stops, self.nonfinite)
-            self._model_s += model_s
-            for r in got:
-                self._n["emitted" if r.accepted else "rejected"] += 1
-                self._n["repaired"] += int(r.accepted and r.n_bad > 0)
-            results += got
+            results += self._score(x, n_bad, stops)
             self._buf.discard_until(self._next_stop - T)
         return results
+
+    def _score(self, x: np.ndarray, n_bad, stops: list[int]) -> list[WindowResult]:
+        """Decide preprocessed windows (B, C, T) and count them."""
+        first = self._n["emitted"] + self._n["rejected"]
+        got, model_s = _decide(self.model, x, n_bad, first, stops, self.nonfinite)
+        self._model_s += model_s
+        for r in got:
+            self._n["emitted" if r.accepted else "rejected"] += 1
+            self._n["repaired"] += int(r.accepted and r.n_bad > 0)
+        return got
 
 
 def classify_offline(model: EdgeModel, recording: np.ndarray, *, sfreq: float | None = None,

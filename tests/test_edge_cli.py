@@ -99,7 +99,7 @@ def test_check_with_a_shipped_budget_prints_measured_vs_budget(model_dir):  # no
 @pytest.mark.parametrize("backend", ["onnx", "tflite"])
 def test_profile_json_reports_every_measure(model_dir, backend):  # noqa: F811
     res = _invoke("profile", model_dir, "--backend", backend, "--threads", "1", "--json",
-                  "--windows", "30", "--warmup", "3")
+                  "--windows", "30", "--warmup", "3", "--cold-runs", "0")
     assert res.exit_code == 0, res.stderr
     rep = json.loads(res.stdout)
     assert rep["backend"] == backend and rep["precision"] == "int8"
@@ -109,8 +109,11 @@ def test_profile_json_reports_every_measure(model_dir, backend):  # noqa: F811
     assert rep["load_s"] > 0 and rep["first_inference_ms"] > 0
     assert rep["throughput_wps"] > 0 and rep["peak_rss_mb"] > 0
     assert rep["overhead_ms_per_window"] > 0 and rep["model_ms_per_window"] > 0
-    table = _invoke("profile", model_dir, "--backend", backend, "-n", "5", "--warmup", "0")
+    assert rep["decision_ratio"] > 0 and rep["cold_start"] is None
+    table = _invoke("profile", model_dir, "--backend", backend, "-n", "5", "--warmup", "0",
+                    "--cold-runs", "1")
     assert table.exit_code == 0 and "decision latency p95" in table.stdout
+    assert "decision / model time (p50)" in table.stdout and "cold start" in table.stdout
 
 
 def test_tampered_or_missing_files_exit_1_with_one_line(model_dir, tmp_path):  # noqa: F811

@@ -1,0 +1,173 @@
+"""Footprint of the on-board runtime: peak RSS, decision/model time, cold start.
+
+Runs ``dlink-edge profile MODEL_DIR --json`` once per backend, each in a fresh process (as
+a user would), and once more per backend on a copy of the folder whose manifest gains a
+causal 0.5 Hz high-pass (``sosfilt``) in front of its preprocessing: the cost of a model
+that needs `scipy.signal`. Writes ``results/NAME.json`` and ``results/NAME.md`` with the
+command, and exits 1 if a goal is missed (issue 16):
+
+- peak RSS (VmHWM of the profiling process) <= 60 MB with ONNX Runtime, <= 45 MB with LiteRT;
+- decision time / model time <= 1.2 at p50 (timed alternately, window by window);
+- cold start of ``dlink-edge run`` (process start -> first decision) <= 1 s (median).
+
+    python bench/edge_footprint.py MODEL_DIR [--allow-failed-gate] [--out results]
+
+Times are medians and ratios from one run on a shared machine; nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GOALS = {"rss_mb": {"onnx": 60.0, "tflite": 45.0}, "decision_ratio": 1.2, "cold_start_s": 1.0}
+HIGHPASS_HZ = 0.5
+
+
+def profile(model_dir: Path, backend: str, args) -> dict:
+    """`dlink-edge profile --json` in a fresh interpreter; its report as a dict."""
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "profile", str(model_dir), "--backend",
+           backend, "--threads", "1", "--windows", str(args.windows), "--cold-runs",
+           str(args.cold_runs), "--json"]
+    if args.allow_failed_gate:
+        cmd.append("--allow-failed-gate")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"edge_footprint: {' '.join(cmd)} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def with_highpass(model_dir: Path, dest: Path) -> Path:
+    """Copy of the folder whose manifest filters first: 2nd-order Butterworth high-pass."""
+    from scipy.signal import butter
+
+    shutil.copytree(model_dir, dest)
+    path = dest / "manifest.json"
+    manifest = json.loads(path.read_text())
+    spec = manifest["input"]
+    sos = butter(2, HIGHPASS_HZ, btype="highpass", fs=spec["sfreq"], output="sos")
+    spec["preprocessing"] = [{"op": "sosfilt", "sos": sos.tolist()}, *spec["preprocessing"]]
+    path.write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+def summary(rep: dict) -> dict:
+    cs = rep["cold_start"] or {}
+    return {
+        "artifact": rep["artifact"], "backend": rep["backend"],
+        "preprocessing": None,  # filled in by the caller
+        "peak_rss_mb": rep["peak_rss_mb"],
+        "model_p50_ms": rep["latency_ms"]["p50"], "decision_p50_ms": rep["decision_ms"]["p50"],
+        "decision_ratio": rep["decision_ratio"],
+        "overhead_p50_ms": rep["decision_ms"]["p50"] - rep["latency_ms"]["p50"],
+        "load_s": rep["load_s"], "first_inference_ms": rep["first_inference_ms"],
+        "cold_start_s": cs.get("median_s"), "cold_start_runs_s": cs.get("runs_s"),
+        "cold_start_cpu_s": cs.get("cpu_median_s"), "import_s": cs.get("import_s"),
+        "import_cpu_s": cs.get("import_cpu_s"), "run_peak_rss_mb": cs.get("run_peak_rss_mb"),
+        "n_windows": rep["n_windows"],
+    }
+
+
+def goals_of(row: dict) -> dict:
+    return {
+        "peak_rss": row["peak_rss_mb"] <= GOALS["rss_mb"][row["backend"]],
+        "decision_ratio": row["decision_ratio"] <= GOALS["decision_ratio"],
+        "cold_start": row["cold_start_s"] is not None
+        and row["cold_start_s"] <= GOALS["cold_start_s"],
+    }
+
+
+def _ms(s: float | None) -> str:
+    return "n/a" if s is None else f"{s * 1e3:.0f} ms"
+
+
+def write_results(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    js.write_text(json.dumps(report, indent=2))
+    lines = [
+        "# Edge runtime footprint\n",
+        f"Written by `{report['command']}` on {report['machine']} (Python {report['python']}, "
+        f"one thread; a shared 2-core machine, so times are medians and ratios from one "
+        f"run).\n",
+        "| backend | preprocessing | peak RSS (goal) | decision / model p50 (goal 1.2) | model "
+        "p50 | decision p50 | cold start (goal 1 s) | its CPU time | imports (CPU) | `run` RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        rss_goal = GOALS["rss_mb"][row["backend"]]
+        lines.append(
+            f"| {row['backend']} | {row['preprocessing']} | {row['peak_rss_mb']:.1f} MB "
+            f"({rss_goal:g}) | {row['decision_ratio']:.3f} | {row['model_p50_ms']:.3f} ms | "
+            f"{row['decision_p50_ms']:.3f} ms | {row['cold_start_s'] * 1e3:.0f} ms | "
+            f"{_ms(row['cold_start_cpu_s'])} | {row['import_s'] * 1e3:.0f} ms "
+            f"({_ms(row['import_cpu_s'])}) | {row['run_peak_rss_mb']:.1f} MB |")
+    lines += [
+        "",
+        "Peak RSS is the VmHWM of the process `dlink-edge profile` starts to measure in "
+        "(interpreter, numpy, one backend, the model, the stream buffers, the profiler's "
+        "windows); `run` RSS is the VmHWM of a real `dlink-edge run --stdin` at its first "
+        "decision, which also holds the CLI's typer (and the pydantic it needs) and rich. "
+        "Cold start: process start of `dlink-edge run --stdin` to its first decision line "
+        f"(median of {report['cold_runs']}), wall clock and the CPU time the process had "
+        "used by then (what the wall time would be on an idle core: on this shared machine "
+        "other jobs hold the cores and this benchmark runs under `nice`); imports: the "
+        "same imports timed alone in a fresh process.",
+        "",
+        f"Goals met (without the filter rows): {report['goals_met']}.",
+        "",
+    ]
+    md.write_text("\n".join(lines))
+    return js, md
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--backends", nargs="+", default=["onnx", "tflite"])
+    p.add_argument("--windows", type=int, default=400, help="windows timed per measure")
+    p.add_argument("--cold-runs", type=int, default=5, help="fresh `run` processes timed")
+    p.add_argument("--no-filter", action="store_true",
+                   help="skip the rows with a causal high-pass added to the manifest")
+    p.add_argument("--allow-failed-gate", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--name", default="edge_footprint")
+    args = p.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = [("as exported", args.model_dir)]
+        if not args.no_filter:
+            folders.append((f"+ sosfilt {HIGHPASS_HZ:g} Hz high-pass",
+                            with_highpass(args.model_dir, Path(tmp) / "highpass")))
+        for label, folder in folders:
+            for backend in args.backends:
+                row = summary(profile(folder, backend, args))
+                row["preprocessing"] = label
+                rows.append(row)
+                print(f"{backend:6s} {label:28s} rss {row['peak_rss_mb']:.1f} MB  ratio "
+                      f"{row['decision_ratio']:.3f}  cold {row['cold_start_s']:.3f} s",
+                      file=sys.stderr)
+    main_rows = [r for r in rows if r["preprocessing"] == "as exported"]
+    report = {
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "model_dir": str(args.model_dir), "machine": f"{platform.machine()} {platform.system()}",
+        "python": platform.python_version(), "cold_runs": args.cold_runs, "goals": GOALS,
+        "rows": rows, "goals_by_backend": {r["backend"]: goals_of(r) for r in main_rows},
+    }
+    report["goals_met"] = all(all(g.values()) for g in report["goals_by_backend"].values())
+    js, md = write_results(report, args.out, args.name)
+    print(md.read_text())
+    print(f"wrote {js} and {md}")
+    return 0 if report["goals_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
