@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from edge_fixtures import FORBIDDEN_MODULES, run_cli
+from edge_fixtures import FORBIDDEN_MODULES, block_imports_snippet, run_cli, run_python
 
 from export import GateThresholds, export_student, tflite_export, tflm
 from export.c_array import read_c_array
@@ -165,6 +165,27 @@ def test_model_data_cc_compiles_and_holds_the_tflite_bytes(exported, tmp_path):
     run = subprocess.run([str(exe)], capture_output=True)
     assert run.returncode == 0, "g_dlink_model_data is not 16-byte aligned"
     assert run.stdout == (out / "model.int8.tflite").read_bytes()
+
+
+def test_without_tflite_micro_the_ops_are_listed_and_the_arena_is_unknown(exported, tmp_path):
+    tfl = exported["out"] / "model.int8.tflite"
+    code = block_imports_snippet("tflite_micro") + (
+        "import json\nfrom pathlib import Path\nfrom export import c_array, tflm\n"
+        f"plan = tflm.plan(Path({str(tfl)!r}))\n"
+        "io = {'input': {'dtype': 'int8', 'scale': 0.1, 'zero_point': 0},\n"
+        "      'output': {'dtype': 'int8', 'scale': 0.1, 'zero_point': 0}}\n"
+        f"c_array.write_c_array(Path({str(tfl)!r}), Path({str(tmp_path / 'm.h')!r}),\n"
+        f"    Path({str(tmp_path / 'm.cc')!r}), sha256='x', n_chans=19, n_times=1000,\n"
+        "    class_names=['a', 'b'], io=io, tflm=plan)\n"
+        "print(json.dumps(plan))\n")
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr.decode()
+    plan = json.loads(proc.stdout)
+    assert plan["checked"] is False and "pip install 'dlink[mcu]'" in plan["reason"]
+    assert plan["ops"] == exported["tflm"]["ops"] and "arena_bytes" not in plan
+    header = (tmp_path / "m.h").read_text()
+    assert "MicroMutableOpResolver<" in header and "kDlinkTensorArenaSize" not in header
+    assert "Tensor arena size unknown: tflite-micro is not installed" in header
 
 
 # ---------------------------------------------------------------------------------------
