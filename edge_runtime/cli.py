@@ -465,11 +465,11 @@ def budgets() -> None:
     table = Table(title="shipped budgets (edge_runtime/budgets/*.toml)")
     table.add_column("name", no_wrap=True)
     table.add_column("board")
-    for col in ("latency p95", "peak RSS / MCU RAM", "model size / MCU flash"):
+    for col in ("latency p95", "RSS / RAM", "model / flash"):
         table.add_column(col, justify="right", no_wrap=True)
     for b in list_budgets():
         if getattr(b, "kind", "board") == "mcu":  # arena + input buffer, model bytes
-            table.add_row(b.name, b.board, "estimate only", f"{b.ram_bytes:,} bytes",
+            table.add_row(b.name, b.board, "(MCU)", f"{b.ram_bytes:,} bytes",
                           f"{b.flash_bytes:,} bytes")
             continue
         table.add_row(b.name, b.board, f"{b.latency_p95_ms:g} ms", f"{b.peak_rss_mb:g} MB",
