@@ -133,7 +133,7 @@ def test_slowed_model_fails_on_latency_ratio(runs):
 
 def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dlink.cli", "check", *map(str, args)],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=300,
                           env={"COLUMNS": "120", "PATH": ""})
 
 
