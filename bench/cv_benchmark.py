@@ -272,9 +272,13 @@ def measure_cache_benefit(repeats: int = 5) -> dict:
 
     torch.set_num_threads(1)
     sig = SignalSpec(tuple(f"c{i}" for i in range(19)), 200.0, 1000)
+    from dlink.losses import Decoder
+
     teacher = create_teacher("small", n_outputs=2).eval()
-    objective = DistillObjective(build_student("mic-s", sig, 2), build_router("router", 6, 200), "dlink",
-                                 0.1, None)
+    proj = teacher.proj_out[0]
+    objective = DistillObjective(build_student("mic-s", sig, 2),
+                                 build_router("router", 6, 200, n_chans=19, n_outputs=2), "dlink",
+                                 0.1, None, decoder=Decoder(proj.weight.detach(), proj.bias.detach()))
     x, y = torch.randn(32, 19, 1000), torch.randint(0, 2, (32,))
     teacher_s, step_s = [], []
     for _ in range(repeats):
@@ -485,7 +489,8 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
             s = summary[row]
             teacher_lines.append(f"| {row} | " + " | ".join(
                 f"{s['per_fold_bacc'][k]:.3f}{'' if s['both_classes'][k] else ' (one class)'}"
-                for k in sorted(s["per_fold_bacc"])) + f" | {min(s['per_fold_bacc'].values()):.3f} |")
+                if k in s["per_fold_bacc"] else "–" for k in range(6))
+                + f" | {min(s['per_fold_bacc'].values()):.3f} |")
     int8_lines = []
     for row, source in INT8_ROWS.items():
         for k, runs in rows[row].items():
@@ -598,7 +603,9 @@ our folds.
 |---|---|---|
 {chr(10).join(cost_lines)}
 
-Sum over all runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with
+A run interrupted and resumed counts only the time after its resume (the benchmark was
+restarted while the teacher-scratch rows of folds 0 and 1 were running, so theirs are
+partial). Sum over all runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with
 2 jobs). Teacher feature cache: one teacher pass over all 1,707 windows took
 {', '.join(f'{c:.0f}' for c in cache_s)} s per fold (once; every feature-using row of the fold reuses it).
 Measured per 32-window batch, 1 thread: the student's training step takes

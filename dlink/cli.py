@@ -260,19 +260,31 @@ def finetune(
     ] = None,
     data: Annotated[str, typer.Option(help="Data set name or .npz path.")] = "eegmat",
     out: Out = Path("runs/teacher"),
-    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 8,
     batch_size: Annotated[int, typer.Option(help=BatchSize)] = 32,
     fold: Annotated[
         int | None, typer.Option(help="Use fold K of the 6-fold subject split instead of the default split.")
     ] = None,
+    head: Annotated[str, typer.Option(
+        help="Task head: channel (mean over patches per electrode, BatchNorm, Linear) or mean "
+        "(the release's pooled head).")] = "channel",
+    frozen_layers: Annotated[int, typer.Option(
+        help="Encoder layers frozen above the (always frozen) patch embedding; their output is "
+        "computed once, so an epoch costs only the layers above.")] = 0,
+    probe_epochs: Annotated[int, typer.Option(help="Head-only warm start epochs (0: none).")] = 15,
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="Random initialisation instead of the backbone (same recipe).")] = False,
     seed: Seed = 0,
     subjects: Subjects = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Fine-tune the teacher on labelled windows (CBraMod's recipe), select on validation.
+    """Fine-tune the teacher on labelled windows, select on validation subjects.
 
-    Default teacher: the committed self-pretrained CBraMod-small backbone. Writes
-    config.json + model.safetensors + metrics.json (val and test) + loss_curve.png.
+    The recipe converges on a CPU (dlink/finetune.py says why each step): per-electrode head,
+    frozen cached patch embedding, linear-probe warm start, small learning rates, dropout 0,
+    and the two-class decision threshold tuned on the validation subjects. Default teacher:
+    the committed self-pretrained CBraMod-small backbone. Writes config.json +
+    model.safetensors + metrics.json (val and test) + history.json + loss_curve.png.
     """
     from dlink.finetune import FinetuneConfig
     from dlink.finetune import finetune as run
@@ -280,7 +292,8 @@ def finetune(
     _writable(out)  # before importing torch and reading data: a bad --out costs nothing
     _threads()
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
-    cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, seed=seed)
+    cfg = FinetuneConfig(epochs=epochs, batch_size=batch_size, seed=seed, head=head,
+                         frozen_layers=frozen_layers, probe_epochs=probe_epochs, from_scratch=from_scratch)
     metrics = run(teacher or default_backbone(), windows, split, out, cfg)
     _print_metrics("teacher", metrics)
 
@@ -299,11 +312,30 @@ def distill(
         ),
     ] = "mic-s",
     method: Annotated[
-        str, typer.Option(help="dlink, dlink-no-spectral, layer-avg, fitnet, logit-kd or no-kd.")
+        str, typer.Option(help="dlink (Router + mimic + spectral), dlink-no-spectral, static-weights "
+                          "(one learned layer mix for every window), layer-avg, fitnet, logit-kd or no-kd.")
     ] = "dlink",
     epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 30,
     batch_size: Annotated[int, typer.Option(help=BatchSize)] = 32,
     fold: Annotated[int | None, typer.Option(help="Use fold K of the 6-fold subject split.")] = None,
+    router_tau: Annotated[float, typer.Option(
+        help="Router softmax temperature; below 1 sharpens the per-window layer mix.")] = 0.5,
+    router_ce: Annotated[float | None, typer.Option(
+        help="Weight of the router's target probe: a linear classifier of the routed teacher "
+        "target whose CE rewards class-discriminative layer mixes (default: the method's, 0.5).",
+        show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Weight of the feature-mimic MSE (default: the method's, 1.0).", show_default=False)] = None,
+    lambda_mag: Annotated[float | None, typer.Option(
+        help="λ1: spectral magnitude term, L1 of log|rFFT| of each token decoded to its 1-s patch "
+        "by the teacher's decoder, 1-45 Hz in 1 Hz bins (default: the method's, 0.5).",
+        show_default=False)] = None,
+    lambda_phase: Annotated[float | None, typer.Option(
+        help="λ2: magnitude-weighted phase term (1 - cos Δφ) on the same 45 bins "
+        "(default: the method's, 0.5).", show_default=False)] = None,
+    qat_epochs: Annotated[int, typer.Option(
+        help="Final int8-aware phase: epochs through the simulated int8 deployed graph "
+        "(dlink/qat.py); 0 skips it.")] = 0,
     seed: Seed = 0,
     subjects: Subjects = None,
     data_dir: DataDir = None,
@@ -320,7 +352,9 @@ def distill(
     _writable(out)  # before importing torch and reading data: a bad --out costs nothing
     _threads()
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
-    cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed)
+    cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed,
+                        router_tau=router_tau, router_ce=router_ce, alpha=alpha, lambda_mag=lambda_mag,
+                        lambda_phase=lambda_phase, qat_epochs=qat_epochs)
     metrics = run(teacher, windows, split, out, cfg)
     _print_metrics(f"{preset} ({method})", metrics)
 

@@ -69,8 +69,10 @@ def build_pipeline_folder(out: Path, shared_data: Path) -> dict:
         distill(out / "teacher", windows, split, out / folder,
                 DistillConfig(student="mic-xs", method=method, epochs=1, batch_size=64))
     done("distill")
-    calib = from_windows(windows, split.train, split.val + split.test, signal=windows.signal,
-                         n_windows=64)
+    from dlink.student import load_student
+
+    calib = from_windows(windows, split.train, split.val + split.test,
+                         signal=load_student(out / "student").signal, n_windows=64)
     export_student(out / "student", out / "export", calib=calib,
                    holdout=windows.of_subjects(split.test), formats=("onnx", "tflite"),
                    gate=GateThresholds(enforce=False))
