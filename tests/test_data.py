@@ -127,12 +127,14 @@ def _eegmat_copy(tmp_path: Path, shared_data: Path, subject: str = "00") -> Path
     return root
 
 
-def test_truncated_edf_is_a_clear_error(tmp_path, shared_data):
+def test_truncated_edf_is_a_clear_error_when_strict(tmp_path, shared_data):
+    """A file cut short is read up to where it ends (one DLink line says how much is missing,
+    tests/test_bad_inputs.py checks the line); strict=True makes it an error."""
     root = _eegmat_copy(tmp_path, shared_data)
     f = root / "eegmat" / "Subject00_2.edf"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(DataFormatError, match="truncated"):
-        load_windows("eegmat", data_dir=root, subjects=["00"])
+        load_windows("eegmat", data_dir=root, subjects=["00"], strict=True)
 
 
 def _write_edf(path: Path, labels: list[str], sfreq: float, seconds: int = 10):
@@ -149,7 +151,7 @@ def test_edf_missing_channel_names_the_channels(tmp_path, shared_data):
     root = _eegmat_copy(tmp_path, shared_data)
     labels = [f"EEG {c}" for c in TEN_TWENTY if c not in ("Fp1", "O2")]
     _write_edf(root / "eegmat" / "Subject00_1.edf", labels, 500.0)
-    with pytest.raises(DataFormatError, match="Fp1, O2"):
+    with pytest.raises(DataFormatError, match=r"lacks channel\(s\) \['Fp1', 'O2'\]"):
         load_windows("eegmat", data_dir=root, subjects=["00"])
 
 
