@@ -108,5 +108,4 @@ def test_dlink_check_gates_the_shipped_export(shipped, tmp_path):  # noqa: F811
     failed["parity_gate"]["model.int8.tflite"].update(passed=False, failed_checks=["sqnr_db"])
     result = compare(failed, metrics)
     assert "parity gate model.int8.tflite" in result.failed
-    assert compare(failed, metrics, Tolerances(allow_failed_gate=True)).passed == \
-        all(v for k, v in passed.items() if k != "model.int8.tflite")
+    assert compare(failed, metrics, Tolerances(allow_failed_gate=True)).passed  # else identical
