@@ -413,10 +413,14 @@ def _windows_and_split(data, data_dir, fold, subjects=None):
 
 
 def _writable(out: Path) -> None:
-    """Fail now, in one line, if ``out`` cannot be created or written (not after training)."""
+    """Fail now, in one line, if ``out`` cannot be created or written (not after training).
+    Under torchrun only rank 0 writes, so only rank 0 probes (RANK is set before any init)."""
+    import os
+
     from dlink.atomic import check_writable
 
-    check_writable(out, "--out")
+    if os.environ.get("RANK", "0") == "0":
+        check_writable(out, "--out")
 
 
 def _print_metrics(what: str, metrics: dict) -> None:

@@ -154,8 +154,10 @@ def test_cli_exit_codes_table_and_json(runs, tmp_path):
     assert set(row) == {"metric", "kind", "unit", "baseline", "current", "change", "change_unit",
                         "limit", "status", "note"}
 
-    loose = _cli(runs["bloated"], "--baseline", baseline, "--max-size-growth", "1000",
-                 "--max-latency-growth", "1000")
+    # every limit loosened: mic-m is another model (folded graph ~30x mic-xs's bytes, trained
+    # as briefly, its own parity result), so only a run told to ignore all of that passes
+    loose = _cli(runs["bloated"], "--baseline", baseline, "--max-size-growth", "100000",
+                 "--max-latency-growth", "100000", "--max-bacc-drop", "1", "--allow-failed-gate")
     assert loose.returncode == 0, loose.stderr
 
     missing = _cli(runs["base"], "--baseline", tmp_path / "nowhere.json")
