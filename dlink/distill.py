@@ -307,10 +307,11 @@ def _qat_phase(student, cfg: DistillConfig, weight, x: Tensor, y: Tensor, idx: d
                windows: Windows, out_dir: Path, dev) -> dict:
     """Int8-aware distillation: continue from the selected float student through the
     simulated int8 deployed graph (`dlink.qat.Int8Sim`; ranges from ``cfg.qat_calib``
-    training windows, re-measured after every epoch as the exporters would) for ``cfg.qat_epochs`` epochs at ``cfg.qat_lr``; select the epoch whose
-    simulated int8 logits are closest to its float ones on the validation windows (logit
-    SQNR, what the export gate measures; the simulated BAcc is logged beside it); save the
-    selected (float) weights over the student in ``out_dir``."""
+    training windows, re-measured after every epoch as the exporters would) for
+    ``cfg.qat_epochs`` epochs at ``cfg.qat_lr``; select the epoch whose simulated int8
+    logits are closest to its float ones on the validation windows (logit SQNR, what the
+    export gate measures; the simulated BAcc is logged beside it); save the selected
+    (float) weights over the student in ``out_dir``."""
     from dlink.qat import Int8Sim
 
     student = student.to(dev).eval()

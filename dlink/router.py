@@ -97,9 +97,10 @@ class LayerRouter(nn.Module):
 
     The router reads a summary of the teacher's *shallow* output ``H_cond`` (first layer by
     default): the mean and the standard deviation of every feature over channels and
-    patches, (B, C, N, d) -> (B, 2d), standardised per feature across windows (BatchNorm). The mean says what the window contains, the standard
-    deviation how unevenly it is spread over the scalp and the 5 s, which is what
-    distinguishes, say, a focal artifact from diffuse alpha. Why a shallow layer: it is
+    patches, (B, C, N, d) -> (B, 2d), standardised per feature across windows (BatchNorm).
+    The mean says what the window contains, the standard deviation how unevenly it is spread
+    over the scalp and the 5 s, which is what distinguishes, say, a focal artifact from
+    diffuse alpha. Why a shallow layer: it is
     already computed (the teacher runs anyway), lives in the teacher's normalised space,
     does not depend on the montage or window length after pooling, and describes the
     *input* rather than the candidate targets being weighted.
