@@ -546,7 +546,9 @@ fine-tuned {args.teacher_epochs} epochs with `dlink.finetune`'s recipe (frozen c
 linear-probe warm start, lr 5e-5/1e-4, dropout 0, decision threshold tuned on the validation
 subjects); `teacher-scratch` is the same architecture and recipe from a random initialisation.
 Students and scratch baselines: {args.student_epochs} epochs (lr 2e-3, batch 32, class-weighted CE,
-label smoothing 0.1, selection on validation AUROC); student `{args.student}`; `dlink-qat` adds
+label smoothing 0.1, selection on validation AUROC, then the two-class decision threshold
+tuned on the validation subjects and folded into the classifier bias, as for the teacher);
+student `{args.student}`; `dlink-qat` adds
 {args.qat_epochs} int8-aware epochs (`dlink.qat`). Latency: fp32, 1 thread, batch 1, median of
 {args.latency_repeats} interleaved runs in one process, in PyTorch eager and in ONNX Runtime.
 

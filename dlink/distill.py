@@ -28,7 +28,7 @@ from dlink import distributed as dist
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
 from dlink.losses import Decoder, build_loss, distill_loss
-from dlink.metrics import compute_metrics, selection_metric
+from dlink.metrics import compute_metrics, selection_metric, tune_threshold
 from dlink.router import build_router
 from dlink.student import build_student, load_student, save_student
 from dlink.teacher import load_teacher, patchify
@@ -75,6 +75,9 @@ class DistillConfig(TrainConfig):
     router_ce: float | None = None  # weight of the router's target-probe CE (None: preset)
     gain_jitter: float = 0.0  # training windows are scaled by exp(N(0, gain_jitter^2)): amplitude
     # differences between people (skull, impedance) should not decide the class; 0: off
+    tune_threshold: bool = True  # two classes: shift class 1's logit (the classifier bias) by
+    # the amount that maximises validation BAcc, as the teacher's fine-tuning does; a model
+    # selected on AUROC can rank well and still predict one class on unseen subjects
     qat_epochs: int = 0  # final quantisation-aware phase (dlink.qat): epochs through int8
     # simulation, starting from the selected float student; 0 skips it
     qat_lr: float = 1e-4  # peak learning rate of that phase (a gentle fine-tune)
@@ -252,9 +255,17 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         loss_fn=loss_fn, evaluate=evaluate, select=selection_metric(K), on_best=save,
         out_dir=out_dir, description=f"distill {cfg.student} ({cfg.method})",
     )
+    best = load_student(out_dir)  # every process: rank 0 wrote it when it was selected
+    threshold_bias = None
+    if cfg.tune_threshold and K == 2:
+        threshold_bias, _ = tune_threshold(predict_logits(best, x[idx["val"]]), windows.y[idx["val"]])
+        with torch.no_grad():
+            best.classifier.bias[1] += threshold_bias
+        if dist.is_main():
+            save_student(best, out_dir, class_names=windows.class_names)
     qat = None
     if cfg.qat_epochs > 0:
-        qat = _qat_phase(load_student(out_dir), cfg, weight, x, y, idx, windows, out_dir, dev)
+        qat = _qat_phase(best, cfg, weight, x, y, idx, windows, out_dir, dev)
     if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
         return dist.broadcast_object(None)
     best = load_student(out_dir)
@@ -268,6 +279,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
                                 windows.class_names),
         "parameters": count_parameters(best),
         "macs": count_macs(best, x[:1]),
+        "threshold_bias": threshold_bias,
         "teacher_cache_seconds": cache.seconds if cache is not None else None,
         "qat": qat,
         "split": split.to_dict(), "config": asdict(cfg),

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from dlink import distributed as dist
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
-from dlink.metrics import compute_metrics
+from dlink.metrics import compute_metrics, tune_threshold
 from dlink.teacher import create_teacher, load_teacher, patchify, save_teacher
 from dlink.training import TrainConfig, class_weights, predict_logits, train_loop
 
@@ -96,19 +96,6 @@ def _frozen_output(teacher, x: Tensor, n_frozen: int, batch_size: int = 64) -> T
             h = layer(h)
         outs.append(h.half().cpu())
     return torch.cat(outs)
-
-
-def tune_threshold(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(bias, BAcc): the shift added to class 1's logit that maximises two-class balanced
-    accuracy of ``logits`` (n, 2) against ``y``; ties go to the smallest |shift|."""
-    margin = logits[:, 1] - logits[:, 0]  # class 1 when margin + bias > 0
-    cuts = np.unique(margin)
-    candidates = np.concatenate([[0.0], -(cuts[:-1] + cuts[1:]) / 2, [-cuts[0] + 1e-3, -cuts[-1] - 1e-3]])
-    from sklearn.metrics import balanced_accuracy_score
-
-    scored = [(balanced_accuracy_score(y, (margin + b > 0).astype(int)), -abs(b), b) for b in candidates]
-    best = max(scored)
-    return float(best[2]), float(best[0])
 
 
 def _set_threshold(teacher, bias: float) -> None:

@@ -21,6 +21,17 @@ from sklearn.metrics import (
 METRICS = ("acc", "bacc", "kappa", "f1_weighted", "auroc", "auprc")
 
 
+def tune_threshold(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(bias, BAcc): the shift added to class 1's logit that maximises two-class balanced
+    accuracy of ``logits`` (n, 2) against ``y``; ties go to the smallest |shift|."""
+    margin = logits[:, 1] - logits[:, 0]  # class 1 when margin + bias > 0
+    cuts = np.unique(margin)
+    candidates = np.concatenate([[0.0], -(cuts[:-1] + cuts[1:]) / 2, [-cuts[0] + 1e-3, -cuts[-1] - 1e-3]])
+    scored = [(balanced_accuracy_score(y, (margin + b > 0).astype(int)), -abs(b), b) for b in candidates]
+    best = max(scored)
+    return float(best[2]), float(best[0])
+
+
 def selection_metric(n_classes: int) -> str:
     """Metric that picks the best checkpoint: AUROC for 2 classes, balanced accuracy above."""
     if n_classes < 2:

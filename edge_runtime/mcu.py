@@ -85,6 +85,7 @@ def estimate_latency_ms(footprint: McuFootprint, macs_per_s: float | None) -> fl
 
 def _input_dtype(raw: dict) -> str:
     """Input dtype of the int8 TFLite model the C array embeds."""
-    tfl = next((a for a in raw["artifacts"] if a.get("format") == "tflite"), {})
+    tfl = next((a for a in raw["artifacts"]
+                if a.get("format") == "tflite" and a.get("precision") == "int8"), {})
     io = tfl.get("io") or {}
     return str((io.get("input") or {}).get("dtype") or io.get("dtype") or "int8")

@@ -27,6 +27,8 @@ replaced, so the filter state stays finite and the stream can go on.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edge_runtime.errors import ManifestError
@@ -141,11 +143,32 @@ class StreamStage:
         return x
 
 
+try:  # the clip ufunc itself: np.clip's Python wrapper costs as much as the clip
+    from numpy._core.umath import clip as _clip
+except ImportError:  # numpy < 2
+    _clip = np.clip
+
+
 class WindowStage:
     """The window-local ops, parsed once, applied to float32 windows."""
 
     def __init__(self, ops: list[dict]):
         self._steps = [(op["op"], _param(op)) for op in ops]
+
+    def load_finite(self, dst: np.ndarray, src: np.ndarray) -> bool:
+        """``dst = ops(src)`` for one window: (C, T) float32, C-contiguous, out of (C, T)
+        samples of any float type (rounded to float32 first, as the stream buffer would).
+        Returns False, with ``dst`` undefined, if ``src`` holds a non-finite sample; that
+        is checked before a clip could hide an Inf."""
+        dst[...] = src
+        # x.x is finite iff every sample is (NaN and Inf propagate, squares never cancel);
+        # a float32 overflow of huge finite samples only sends the caller down its exact
+        # path. One BLAS pass, half the time of a sum.
+        flat = dst.reshape(-1)
+        if not math.isfinite(np.dot(flat, flat)):
+            return False
+        self.apply(dst)
+        return True
 
     def fill(self, out: np.ndarray, windows: list[np.ndarray]) -> np.ndarray:
         """Model input from float32 windows: ``out[i] = ops(windows[i])``.
@@ -155,7 +178,7 @@ class WindowStage:
         first = self._steps[0] if self._steps else ("copy", None)
         for dst, src in zip(out, windows):
             if first[0] == "clip":
-                np.clip(src, -first[1], first[1], out=dst)
+                _clip(src, -first[1], first[1], out=dst)
             elif first[0] == "scale":
                 np.multiply(src, first[1], out=dst)
             else:
@@ -163,13 +186,13 @@ class WindowStage:
         return self.apply(out, start=0 if first[0] in ("copy", "demean") else 1)
 
     def apply(self, w: np.ndarray, start: int = 0) -> np.ndarray:
-        """(B, C, T) float32, modified in place by the ops from ``start`` on and returned."""
+        """(..., C, T) float32, modified in place by the ops from ``start`` on and returned."""
         for kind, p in self._steps[start:]:
             if kind == "demean":  # mean accumulated in float64, result rounded once
                 mean = w.mean(axis=-1, keepdims=True, dtype=np.float64)
                 np.subtract(w, mean, out=w, casting="same_kind")
             elif kind == "clip":
-                np.clip(w, -p, p, out=w)
+                _clip(w, -p, p, out=w)
             else:
                 np.multiply(w, p, out=w)
         return w

@@ -399,10 +399,9 @@ class StreamingClassifier:
             return None
         k = n // T  # windows inside x
         w = np.empty((k, self.spec.n_chans, T), np.float32)  # (B, C, T)
-        for j in range(k):
-            w[j] = x[:, j * T:(j + 1) * T]  # rounds to float32, as the buffer would
-        if not math.isfinite(w.sum()):  # before clip, which would hide an Inf
-            return None
+        for j in range(k):  # rounds to float32, as the buffer would, and preprocesses
+            if not self._window_stage.load_finite(w[j], x[:, j * T:(j + 1) * T]):
+                return None
         buf.skip(k * T)
         if n > k * T and not buf.append_finite(x[:, k * T:]):
             buf.skip(-k * T)
@@ -412,7 +411,7 @@ class StreamingClassifier:
         self._last = x[:, -1].astype(np.float64)
         self._n["received"] += n
         self._n["stream"] += n
-        return self._score(self._window_stage.apply(w), [0] * k, stops)
+        return self._score(w, [0] * k, stops)
 
     def _feed(self, x: np.ndarray, finite: bool) -> list[WindowResult]:
         """(C, n) samples at the device rate -> the windows they complete.

@@ -35,7 +35,7 @@ from calibration import (
 )
 from dlink.errors import CheckpointError, ConfigError, DLinkError
 from dlink.signal import SignalSpec
-from export import c_array, onnx_export, tflite_export, tflm
+from export import c_array, deployment, onnx_export, tflite_export, tflm
 from export._console import Steps, quiet
 from export.errors import ExportError, GateError, OutputExistsError
 from export.manifest import (
@@ -51,9 +51,11 @@ from export.spectral_fidelity import band_errors_safe
 
 FORMATS = ("onnx", "tflite", "c")
 FP32_TOLERANCE = 1e-5  # fp32 ONNX vs PyTorch: largest |logit difference| allowed
+FP32_TFLITE_TOLERANCE = 1e-4  # fp32 TFLite vs PyTorch (XNNPACK reorders sums): recorded
 FILES = {
     "fp32_onnx": "model.fp32.onnx",
     "int8_onnx": "model.int8.onnx",
+    "fp32_tflite": "model.fp32.tflite",
     "int8_tflite": "model.int8.tflite",
     "header": "model_data.h",
     "source": "model_data.cc",
@@ -153,6 +155,7 @@ def export_student(
             "calibration": _calibration_section(calib_set, file_sha256),
             "parity": _parity_section(held, len(job.y), gate, job.results),
             "export": job.settings,
+            "deployment": job.deployment,
             "toolchain": toolchain_versions(),
         }
         (stage / MANIFEST_NAME).write_text(
@@ -302,6 +305,7 @@ class _Exporter:
         self.artifacts: list[dict] = []
         self.results: list[ParityResult] = []
         self.settings: dict = {"batchnorm_folded": folded}
+        self.deployment: dict = {}  # `export.deployment.measure`, once the files exist
 
     def onnx(self) -> None:
         fp32, int8 = self.stage / FILES["fp32_onnx"], self.stage / FILES["int8_onnx"]
@@ -332,11 +336,11 @@ class _Exporter:
                                  "quantization": quant}
 
     def tflite(self, io_dtype: str) -> None:
-        fp32, int8 = self.work / "model.fp32.tflite", self.stage / FILES["int8_tflite"]
+        fp32, int8 = self.stage / FILES["fp32_tflite"], self.stage / FILES["int8_tflite"]
         with self.steps.step("converting fp32 TFLite (litert-torch)"):
             self._tool("litert-torch conversion", tflite_export.convert_fp32, self.deploy,
                        self.sample, fp32)
-            conv_err = np.abs(tflite_export.run(fp32, self.X[:16]) - self.ref[:16]).max()
+            conv_err = float(np.abs(tflite_export.run(fp32, self.X) - self.ref).max())
         with self.steps.step("quantising int8 TFLite (ai-edge-quantizer)"):
             quant = self._tool("ai-edge-quantizer", tflite_export.quantize_int8, fp32, int8,
                                self.calib, io_dtype)
@@ -344,6 +348,11 @@ class _Exporter:
             result = self._gate(FILES["int8_tflite"], tflite_export.run(int8, self.X),
                                 tflite_export.float_ops(int8))
         io = tflite_export.io_details(int8)
+        self._add(FILES["fp32_tflite"], "tflite", "fp32",
+                  io={"dtype": "float32", **tflite_export.io_details(fp32)},
+                  parity_vs_torch={"max_abs_err": conv_err, "tolerance": FP32_TFLITE_TOLERANCE,
+                                   "n_windows": len(self.X),
+                                   "passed": conv_err <= FP32_TFLITE_TOLERANCE})
         self._add(FILES["int8_tflite"], "tflite", "int8", io={"dtype": io["input"]["dtype"], **io},
                   gate=result.to_manifest(), parameter_bytes=tflite_export.parameter_bytes(int8))
         self.settings["tflite"] = {"fp32_conversion_max_abs_err": float(conv_err),
@@ -393,7 +402,7 @@ class _Exporter:
 def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, progress,
                      verbose, target: str = "x86") -> _Exporter:
     """Write every requested artifact into ``stage``; raise `GateError` if the gate fails."""
-    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 3 * ("c" in formats)
+    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 3 * ("c" in formats) + 1
     with tempfile.TemporaryDirectory() as work, Steps(n_steps, progress) as steps:
         job = _Exporter(stage, Path(work), model, calib, held, gate, steps, verbose, target)
         if "onnx" in formats:
@@ -402,6 +411,9 @@ def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, 
             job.tflite(tflite_io)
         if "c" in formats:
             job.c_files()
+        with steps.step("timing fp32 vs int8 on this CPU"):
+            job.deployment = deployment.measure(_runtime_files(stage, job.artifacts),
+                                                calib.X[:1])
     job.settings["timings_s"] = dict(steps.timings)
     failed = [r for r in job.results if not r.passed]
     if failed and gate.enforce:
@@ -412,6 +424,15 @@ def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, 
             job.results,
         )
     return job
+
+
+def _runtime_files(stage: Path, artifacts: list[dict]) -> dict[str, dict[str, Path]]:
+    """``{"onnx"|"tflite": {precision: path}}`` of the written model files."""
+    files: dict[str, dict[str, Path]] = {}
+    for a in artifacts:
+        if a["format"] in ("onnx", "tflite"):
+            files.setdefault(a["format"], {})[a["precision"]] = stage / a["path"]
+    return files
 
 
 def _fp32_check(onnx_logits: np.ndarray, ref: np.ndarray) -> dict:
