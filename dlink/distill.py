@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dlink import distributed as dist
+from dlink.atomic import savez_atomic, write_text_atomic
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
 from dlink.losses import Decoder, build_loss, distill_loss
@@ -242,9 +243,9 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     def save(epoch: int) -> None:
         save_student(student, out_dir, class_names=windows.class_names)
         if method.router in ("router", "static"):  # per-window layer weights of the selected router
-            np.savez(out_dir / "router_weights.npz",
-                     weights=router_weights(router, cache, idx["test"], device=dev),
-                     y=windows.y[idx["test"]], class_names=np.array(windows.class_names))
+            savez_atomic(out_dir / "router_weights.npz",
+                         weights=router_weights(router, cache, idx["test"], device=dev),
+                         y=windows.y[idx["test"]], class_names=np.array(windows.class_names))
 
     router_params = list(router.parameters()) if router is not None else []
     groups = [{"params": list(student.parameters()), "lr": cfg.lr}]
@@ -284,7 +285,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         "qat": qat,
         "split": split.to_dict(), "config": asdict(cfg),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return dist.broadcast_object(metrics)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dlink import distributed as dist
+from dlink.atomic import write_text_atomic
 from dlink.data import Windows, split_subjects
 from dlink.teacher import create_teacher, load_teacher, patchify, save_teacher
 from dlink.training import TrainConfig, epoch_batches, train_loop
@@ -114,8 +115,8 @@ def pretrain(windows: Windows, out_dir: Path, cfg: PretrainConfig | None = None,
         "config": asdict(cfg),
     }
     if dist.is_main():
-        (out_dir / "pretrain.json").write_text(json.dumps(facts, indent=2))
-        (out_dir / "MODEL_CARD.md").write_text(model_card(facts))
+        write_text_atomic(out_dir / "pretrain.json", json.dumps(facts, indent=2))
+        write_text_atomic(out_dir / "MODEL_CARD.md", model_card(facts))
     return facts
 
 

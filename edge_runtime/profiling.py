@@ -186,7 +186,7 @@ def profile_model(model_dir: str | Path, *, backend: str = "auto", precision: st
     n_windows : windows timed per latency distribution (model-only and streaming).
     warmup : untimed inferences after the first one.
     data : (C, N) µV at the manifest rate to cycle through; default seeded noise.
-    reference : another model folder (e.g. the committed ``bench/reference``) to time
+    reference : another model folder (e.g. the committed ``dlink/reference``) to time
         interleaved with this one, with the backend and precision this model resolved to;
         its quantisation gate is not enforced (only its compute matters).
     cold_runs : fresh ``dlink-edge run`` processes for `cold_start` (0: skip it).

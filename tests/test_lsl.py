@@ -9,10 +9,12 @@ never appears and one with the wrong channels. Needs mne-lsl (`dlink[lsl]`) and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +30,8 @@ from edge_runtime.lsl import _lsl  # noqa: E402
 
 _lsl()  # liblsl quiet in this process too (the players)
 
-RECORDING = "/work/shared/data/eegmat/Subject00_2.edf"
+# the data root rule (conftest sets $DLINK_DATA_DIR from it before this module loads)
+RECORDING = str(Path(os.environ["DLINK_DATA_DIR"]) / "eegmat" / "Subject00_2.edf")
 SECONDS = 21.0  # of the recording streamed in real time (4 windows of 5 s, hop 1 s -> 17)
 
 
