@@ -269,7 +269,8 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         qat = _qat_phase(best, cfg, weight, x, y, idx, windows, out_dir, dev)
     if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
         return dist.broadcast_object(None)
-    best = load_student(out_dir)
+    if qat is not None:  # the int8-aware phase saved its selected epoch over the student
+        best = load_student(out_dir)
     from dlink.nn_utils import count_macs, count_parameters
 
     metrics = {

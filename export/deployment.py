@@ -54,13 +54,7 @@ def _onnx_runner(path: Path, x: np.ndarray):
 def _tflite_runner(path: Path, x: np.ndarray):
     interp = tflite_export.interpreter(path, delegates=True)
     (inp,) = interp.get_input_details()
-    if np.dtype(inp["dtype"]).kind in "iu":  # int8 input: quantised once, outside the timing
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        x = np.clip(np.rint(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-    if tuple(inp["shape"]) != x.shape:
-        interp.resize_tensor_input(inp["index"], list(x.shape))
-        interp.allocate_tensors()
+    x = tflite_export._to_input(x, inp)  # an int8 input is quantised once, outside the timing
 
     def run():
         interp.set_tensor(inp["index"], x)

@@ -355,7 +355,7 @@ class _Exporter:
                                    "passed": conv_err <= FP32_TFLITE_TOLERANCE})
         self._add(FILES["int8_tflite"], "tflite", "int8", io={"dtype": io["input"]["dtype"], **io},
                   gate=result.to_manifest(), parameter_bytes=tflite_export.parameter_bytes(int8))
-        self.settings["tflite"] = {"fp32_conversion_max_abs_err": float(conv_err),
+        self.settings["tflite"] = {"fp32_conversion_max_abs_err": conv_err,
                                    "quantization": quant}
 
     def c_files(self) -> None:
