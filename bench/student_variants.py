@@ -11,6 +11,13 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
 - ``gj0.3``: training windows scaled by exp(N(0, 0.3^2)) (`DistillConfig.gain_jitter`);
 - ``ch8``: the learned per-band compression of the band amplitudes (``compress_hidden=8``),
   a piecewise-linear stand-in for a log;
+- ``xs``: the smallest preset's sizes (8 bands, 2 virtual channels, width 16): less
+  capacity to fit 24 training subjects' idiosyncrasies;
+- ``fl49`` / ``fl99``: 49-tap (245 ms) / 99-tap (495 ms) filters instead of 25: sharper
+  theta/alpha bands; ``fl49-xs`` / ``fl49-d0.5``: 49 taps with ``xs``'s sizes / dropout 0.5;
+- ``im``: a learned 19 -> 19 spatial filter of the raw window before the filter bank
+  (``input_mix``, initialised to the identity); ``im-xs``: the same with ``xs``'s sizes;
+- ``drop0.5`` / ``wd0.1``: dropout 0.5 before the classifier / weight decay 0.1;
 - ``eg2`` / ``eg3``: a saturating envelope (ReLU6 after an envelope initialised to 2x / 3x
   the patch mean) -- implemented here by patching the model, not shipped.
 
@@ -32,7 +39,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3"]
+VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", "drop0.5",
+            "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
+            "im-xs"]
+MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
+ARCH = {"ch8": {"compress_hidden": 8}, "xs": {"n_bands": 8, "n_virtual": 2, "width": 16},
+        "fl49": {"filter_length": 49}, "drop0.5": {"dropout": 0.5},
+        "fl99": {"filter_length": 99},
+        "fl49-xs": {"filter_length": 49, "n_bands": 8, "n_virtual": 2, "width": 16},
+        "fl49-d0.5": {"filter_length": 49, "dropout": 0.5},
+        "im": {"input_mix": True},
+        "im-xs": {"input_mix": True, "n_bands": 8, "n_virtual": 2, "width": 16}}  # student kwargs changed
+TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1}}  # DistillConfig
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -83,13 +101,13 @@ def run_one(job: tuple) -> None:
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
     cfg = DistillConfig(student="mic-s", method="no-kd", epochs=12, seed=k + 10 * s,
-                        gain_jitter=float(variant[2:]) if variant.startswith("gj") else 0.0)
-    if variant == "ch8":
+                        **TRAINING.get(variant, {}))
+    if variant in ARCH:
         import dlink.student as st
 
-        st.register_student("mic-s-ch8", st.EEGMiC, "mic-s with compress_hidden=8",
-                            n_bands=16, n_virtual=4, width=48, compress_hidden=8)
-        cfg.student = "mic-s-ch8"
+        st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {ARCH[variant]}",
+                            **{**MIC_S, **ARCH[variant]})
+        cfg.student = f"mic-s-{variant}"
     distill(None, windows, split, out, cfg)
     model = load_student(out).eval()
     test = np.isin(windows.subject, split.test)

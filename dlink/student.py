@@ -97,6 +97,11 @@ class EEGMiC(nn.Module):
     temporal_kernel : kernel over the N patches in the temporal compression (odd).
     temporal_stride : stride over N in the temporal compression.
     dropout : dropout before the classifier (training only).
+    input_mix : start with a learned C -> C spatial filter of the raw window (1x1 conv,
+        initialised to the identity), so that band amplitudes can be taken of electrode
+        combinations (as CSP, ShallowConvNet and FBCNet filter space before power) rather
+        than of each electrode alone; False leaves it out. Measured in
+        `bench/student_variants.py` (variants ``im``, ``im-xs``): no gain on EEGMAT.
 
     Notes
     -----
@@ -131,6 +136,7 @@ class EEGMiC(nn.Module):
         temporal_kernel: int = 3,
         temporal_stride: int = 2,
         dropout: float = 0.25,
+        input_mix: bool = False,
     ):
         super().__init__()
         if n_times % patch_size:
@@ -152,7 +158,12 @@ class EEGMiC(nn.Module):
         self.patch_size, self.d_teacher = patch_size, d_teacher
         self.n_patches = n_times // patch_size
 
-        # (1) mimic: filter bank -> rectify -> mean per patch -> (context) -> d
+        # (1) mimic: (spatial filter) -> filter bank -> rectify -> mean per patch -> (context) -> d
+        self.input_mix = None
+        if input_mix:
+            self.input_mix = nn.Conv1d(n_chans, n_chans, 1, bias=False)
+            with torch.no_grad():
+                self.input_mix.weight.copy_(torch.eye(n_chans)[:, :, None])
         self.filterbank = _conv_bn(1, n_bands, (1, filter_length), stride=(1, filter_stride),
                                    padding=(0, filter_length // 2))  # Conv -> BN -> ReLU
         # one value per patch: a learned average (depthwise conv, initialised to the mean)
@@ -200,6 +211,8 @@ class EEGMiC(nn.Module):
             (B, C, N, d_teacher).
         """
         _check_input(x, self.n_chans, self.n_times, type(self).__name__)
+        if self.input_mix is not None:
+            x = self.input_mix(x)  # (B, C, T), electrode combinations
         z = self.filterbank(x.unsqueeze(1))  # (B, F, C, T/stride), rectified band signals
         z = self.envelope(z)  # (B, F, C, N) band amplitude per channel and patch
         if self.compress is not None:
@@ -263,6 +276,8 @@ class EEGMiC(nn.Module):
             w[f"{name}.weight"] = conv.weight * scale[:, None, None, None]
             w[f"{name}.bias"] = shift
         w["envelope.weight"] = self.envelope.weight
+        if self.input_mix is not None:
+            w["input_mix.weight"] = self.input_mix.weight
         ws_scale, ws_shift = _bn_affine(self.spatial[1])
         ws = self.spatial[0].weight[:, :, 0, 0] * ws_scale[:, None]  # (S, C)
         f_scale, f_shift = _bn_affine(self.feature[1])
@@ -289,7 +304,7 @@ class EEGMiC(nn.Module):
                 "context_padding": ctx.padding, "temporal_stride": tmp.stride,
                 "temporal_padding": tmp.padding, "width": self.feature[0].out_channels,
                 "n_virtual": self.spatial[0].out_channels, "compress": self.compress is not None,
-                "n_chans": self.n_chans, "n_times": self.n_times}
+                "input_mix": self.input_mix is not None, "n_chans": self.n_chans, "n_times": self.n_times}
 
 
 def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torch.Tensor:
@@ -304,6 +319,8 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
     wq = wq or (lambda t: t)
     F = nn.functional
     x = q("input", x)
+    if g.get("input_mix"):
+        x = q("input_mix", F.conv1d(x, wq(w["input_mix.weight"])))  # (B, C, T)
     z = F.conv2d(x.unsqueeze(1), wq(w["filterbank.weight"]), w["filterbank.bias"],
                  stride=g["filter_stride"], padding=g["filter_padding"])  # (B, F, C, T/stride)
     z = q("filterbank", z.clamp(0.0, 6.0))

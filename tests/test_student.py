@@ -150,3 +150,17 @@ def test_default_student_converts_with_litert(tmp_path):
     x = torch.randn(1, EEGMAT.n_chans, EEGMAT.n_times)
     edge = litert_torch.convert(model, (x,))
     torch.testing.assert_close(torch.as_tensor(edge(x)), model(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2}])
+def test_deployed_graph_gives_the_training_graphs_logits(kwargs):
+    """`deployable()` (what dlink-export ships: BatchNorm and the mimic projection folded)
+    computes the same function as the training graph, for every architecture option."""
+    from dlink.student import EEGMiC
+
+    model = _warm(EEGMiC(SMALL.n_chans, SMALL.n_times, 2, n_bands=4, n_virtual=2, width=8,
+                         **kwargs), SMALL)
+    x = torch.randn(3, SMALL.n_chans, SMALL.n_times) * 0.2
+    torch.testing.assert_close(model.deployable()(x), model(x), rtol=1e-4, atol=1e-5)
+    if kwargs.get("input_mix"):  # starts as the identity: the same band amplitudes as without it
+        torch.testing.assert_close(model.input_mix.weight[:, :, 0], torch.eye(SMALL.n_chans))
