@@ -258,10 +258,13 @@ def _artifact_card(manifest: dict) -> str:
                      f'<code title="{a.get("sha256")}">{str(a.get("sha256"))[:16]}…</code>',
                      _num(g.get("agreement")), _num(g.get("sqnr_db"), 1),
                      _num(g.get("bacc_change"), signed=True),
+                     "" if g.get("near_boundary") is None else
+                     f'{g["near_boundary"]} of {g.get("n_windows")}',
                      "" if not g else ("pass" if g.get("passed") else "FAIL")])
     return "<h3>Exported files</h3>" + _table(
         ["file", "format", "precision", "bytes", "sha256", "agreement", "SQNR dB",
-         "BAcc change", "gate"], rows, raw_cols={4})
+         "BAcc change", "windows within int8 noise of the boundary", "gate"], rows,
+        raw_cols={4})
 
 
 def _loss_curves(ctx: _Context) -> str:

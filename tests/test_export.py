@@ -470,3 +470,18 @@ def test_manifest_says_which_precision_to_deploy_with_the_numbers(exported):
         assert r["use_on_this_cpu"] == min(ms, key=ms.get)
     fp32 = next(a for a in exported["manifest"]["artifacts"] if a["path"] == "model.fp32.tflite")
     assert fp32["precision"] == "fp32" and fp32["parity_vs_torch"]["passed"]
+
+
+def test_parity_counts_the_windows_int8_noise_can_flip():
+    """A window's fp32 top-2 margin against the RMS change int8 makes to it: windows inside
+    that noise are the ones whose decision quantisation can flip."""
+    from export.parity import compare
+
+    fp32 = np.array([[0.0, 2.0], [0.0, 0.05], [1.0, 0.0], [0.0, 3.0]], np.float32)
+    noise = np.array([[0.1, -0.1], [0.1, -0.1], [-0.1, 0.1], [0.1, -0.1]], np.float32)  # margins -0.2
+    r = compare("m.int8.onnx", fp32, fp32 + noise, np.array([1, 1, 0, 1]), GateThresholds())
+    assert r.margin_noise_rms == pytest.approx(0.2)
+    assert r.near_boundary == 1  # only the 0.05 margin lies within 0.2
+    assert r.agreement == 0.75 and "agreement" in r.failed  # and it is the one that flipped
+    m = r.to_manifest()
+    assert m["near_boundary"] == 1 and m["margin_noise_rms"] == pytest.approx(0.2)
