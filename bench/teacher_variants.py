@@ -1,0 +1,116 @@
+"""Teacher fine-tuning variants on the 6 CV folds: what was tried to lift the teacher row.
+
+    python bench/teacher_variants.py --out runs/teacher-variants --jobs 2
+
+Each variant is the `teacher` row of `bench/cv_benchmark.py` (the committed self-pretrained
+CBraMod-small backbone, `dlink.finetune`'s recipe, 8 epochs, seed k in fold k, selection
+and threshold on the validation subjects only) with one change to `FinetuneConfig`:
+
+- ``frozen2`` / ``frozen4``: the lowest 2 / 4 of the 6 encoder layers stay frozen (and
+  cached) as well as the patch embedding: fewer weights to fit 24 training subjects'
+  idiosyncrasies with, as the frozen-backbone probes (0.61-0.62) suggest;
+- ``mean-head``: the release's head (tokens averaged over patches and electrodes) instead
+  of the per-electrode pooled head;
+- ``ls0.1``: label smoothing 0.1.
+
+``base`` is the unchanged recipe's row as committed in `results/cv_benchmark.json` (the
+`teacher` row; not re-run here). Each run writes OUT/VARIANT/fold{k}/metrics.json; a re-run
+skips those. Writes results/teacher_variants.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
+            "mean-head": {"head": "mean"}, "ls0.1": {"label_smoothing": 0.1}}
+SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
+
+
+def run_one(job: tuple) -> None:
+    variant, k, out_root = job
+    out = Path(out_root) / variant / f"fold{k}"
+    if (out / "metrics.json").is_file():
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    from dlink.data import kfold_subjects, load_windows
+    from dlink.finetune import FinetuneConfig, finetune
+
+    windows = load_windows("eegmat")
+    split = kfold_subjects(windows, k=6, seed=0)[k]
+    finetune(REPO / "dlink/pretrained/cbramod-small-eegmat", windows, split, out,
+             FinetuneConfig(epochs=8, seed=k, **VARIANTS[variant]))
+
+
+def _test(path: Path) -> dict:
+    m = json.loads(path.read_text())
+    return {"bacc": m["test"]["bacc"], "both_classes": min(m["test"]["recall/rest"],
+                                                           m["test"]["recall/task"]) > 0,
+            "selected_epoch": m["selected_epoch"], "seconds": m.get("seconds")}
+
+
+def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
+    cv = json.loads((REPO / "results" / "cv_benchmark.json").read_text())["summary"]
+    base = [cv["teacher"]["per_fold_bacc"][str(k)] for k in range(6)]
+    summary = {"base": {"bacc_per_fold": base, "bacc": statistics.mean(base),
+                        "bacc_sd": statistics.stdev(base), "worst": min(base),
+                        "selected_epochs": ["–"] * 6}}
+    for v in variants:
+        runs = {int(p.parent.name[4:]): _test(p) for p in (out_root / v).glob("fold*/metrics.json")}
+        if len(runs) < 6:
+            continue
+        bacc = [runs[k]["bacc"] for k in range(6)]
+        summary[v] = {"bacc_per_fold": bacc, "bacc": statistics.mean(bacc),
+                      "bacc_sd": statistics.stdev(bacc), "worst": min(bacc),
+                      "folds_both_classes": sum(runs[k]["both_classes"] for k in range(6)),
+                      "selected_epochs": [runs[k]["selected_epoch"] for k in range(6)]}
+    anchors = {r: cv[r]["bacc"][0] for r in (SHALLOW, BANDPOWER) if r in cv}
+    lines = ["| variant | BAcc (mean ± sd over folds) | worst fold | folds ≥ 0.55 | − base (folds won) | selected epochs |",
+             "|---|---|---|---|---|---|"]
+    for v, r in summary.items():
+        diff = "–"
+        if v != "base":
+            d = [a - b for a, b in zip(r["bacc_per_fold"], base)]
+            diff = f"{statistics.mean(d):+.3f} ({sum(x > 0 for x in d)} / 6)"
+        lines.append(f"| {v} | {r['bacc']:.3f} ± {r['bacc_sd']:.3f} | {r['worst']:.3f} | "
+                     f"{sum(b >= 0.55 for b in r['bacc_per_fold'])} / 6 | {diff} | "
+                     f"{', '.join(map(str, r['selected_epochs']))} |")
+    lines.append("")
+    lines.append("``base``: the committed teacher row of `results/cv_benchmark.md`; every fold "
+                 "predicted both classes there.")
+    ref = ", ".join(f"{k} {v:.3f}" for k, v in anchors.items())
+    return "\n".join(lines) + (f"\n\nOn the same folds (`results/cv_benchmark.md`): {ref}.\n" if ref else "\n"), summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/teacher-variants")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    jobs = [(v, k, args.out) for v in variants for k in range(6)]
+    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+        list(pool.imap_unordered(run_one, jobs))
+    table, summary = tables(Path(args.out), list(VARIANTS))
+    doc = (f"# Teacher fine-tuning variants, 6 folds\n\nWritten by `python bench/teacher_variants.py "
+           f"--out {args.out} --jobs {args.jobs}` (variants run so far: every row below). What "
+           "each variant changes: the script's docstring. One seed per fold (k), test subjects "
+           "only; selection and threshold on the validation subjects.\n\n" + table)
+    (REPO / "results" / "teacher_variants.md").write_text(doc)
+    (REPO / "results" / "teacher_variants.json").write_text(json.dumps(summary, indent=1))
+    print(doc)
+
+
+if __name__ == "__main__":
+    main()
