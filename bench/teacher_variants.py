@@ -11,7 +11,9 @@ and threshold on the validation subjects only) with one change to `FinetuneConfi
   idiosyncrasies with, as the frozen-backbone probes (0.61-0.62) suggest;
 - ``mean-head``: the release's head (tokens averaged over patches and electrodes) instead
   of the per-electrode pooled head;
-- ``ls0.1``: label smoothing 0.1.
+- ``ls0.1``: label smoothing 0.1;
+- ``lr0.5``: half the learning rates (2.5e-5 backbone, 5e-5 head): the selected epochs come
+  early, so smaller steps might overfit the training subjects later.
 
 ``base`` is the unchanged recipe's row as committed in `results/cv_benchmark.json` (the
 `teacher` row; not re-run here). Each run writes OUT/VARIANT/fold{k}/metrics.json; a re-run
@@ -28,7 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
-            "mean-head": {"head": "mean"}, "ls0.1": {"label_smoothing": 0.1}}
+            "mean-head": {"head": "mean"}, "ls0.1": {"label_smoothing": 0.1},
+            "lr0.5": {"lr": 2.5e-5, "lr_head": 5e-5}}
 SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
 
 
