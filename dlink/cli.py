@@ -336,6 +336,11 @@ def distill(
     qat_epochs: Annotated[int, typer.Option(
         help="Final int8-aware phase: epochs through the simulated int8 deployed graph "
         "(dlink/qat.py); 0 skips it.")] = 0,
+    qat_envelope_quantile: Annotated[float | None, typer.Option(
+        help="Before the int8-aware phase, clamp EEG-MiC's band amplitudes at this quantile "
+        "of theirs on the calibration windows, so their int8 step follows the bulk of the "
+        "data and not one artifact (see bench/int8_noise_sources.py).", min=0.5, max=1.0,
+        show_default=True)] = 0.9999,
     seed: Seed = 0,
     subjects: Subjects = None,
     data_dir: DataDir = None,
@@ -354,7 +359,8 @@ def distill(
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed,
                         router_tau=router_tau, router_ce=router_ce, alpha=alpha, lambda_mag=lambda_mag,
-                        lambda_phase=lambda_phase, qat_epochs=qat_epochs)
+                        lambda_phase=lambda_phase, qat_epochs=qat_epochs,
+                        qat_envelope_quantile=qat_envelope_quantile)
     metrics = run(teacher, windows, split, out, cfg)
     _print_metrics(f"{preset} ({method})", metrics)
 

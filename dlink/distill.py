@@ -35,6 +35,10 @@ from dlink.student import build_student, load_student, save_student
 from dlink.teacher import load_teacher, patchify
 from dlink.training import TrainConfig, class_weights, predict_logits, train_loop
 
+# After the int8-aware phase the tuned threshold moves only if that gains this much
+# validation BAcc: a smaller gain is a window or two of 4 subjects, and a threshold among
+# near-tied margins makes int8 flip decisions for nothing.
+RETUNE_MIN_GAIN = 0.02
 
 @dataclass(frozen=True)
 class Method:
@@ -87,6 +91,9 @@ class DistillConfig(TrainConfig):
     qat_match: float = 30.0  # weight of ||int8 logits - float logits||^2 / ||float logits||^2
     # (the inverse of the logit SQNR the export gate measures), the float model of the
     # same weights being the int8 model's teacher
+    qat_envelope_quantile: float | None = 0.9999  # EEG-MiC: before that phase, clamp the
+    # band amplitudes at this quantile of theirs on the calibration windows (the int8 range
+    # then follows the bulk of the data, not one artifact); None: no clamp
     input_scale: float = 0.01  # µV -> model units (µV / 100), the teacher's and student's
     input_clip_uv: float | None = 50.0  # student input clamped to ±this µV (a preprocessing
     # step in the manifest, applied in float before int8 quantisation: EEGMAT peaks at
@@ -267,6 +274,17 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     qat = None
     if cfg.qat_epochs > 0:
         qat = _qat_phase(best, cfg, weight, x, y, idx, windows, out_dir, dev)
+        if cfg.tune_threshold and K == 2:  # its CE moves the threshold back: tune it again
+            best = load_student(out_dir)
+            val_logits, y_val = predict_logits(best, x[idx["val"]]), windows.y[idx["val"]]
+            shift, tuned = tune_threshold(val_logits, y_val)
+            gain = tuned - compute_metrics(y_val, val_logits)["bacc"]
+            qat["threshold_bias"] = shift if gain >= RETUNE_MIN_GAIN else 0.0
+            qat["threshold_retune_gain"] = float(gain)
+            with torch.no_grad():
+                best.classifier.bias[1] += qat["threshold_bias"]
+            if dist.is_main():
+                save_student(best, out_dir, class_names=windows.class_names)
     if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
         return dist.broadcast_object(None)
     if qat is not None:  # the int8-aware phase saved its selected epoch over the student
@@ -332,6 +350,10 @@ def _qat_phase(student, cfg: DistillConfig, weight, x: Tensor, y: Tensor, idx: d
     sim = Int8Sim(student, reduce_range=cfg.qat_reduce_range)
     rng = np.random.default_rng(cfg.seed)
     calib = idx["train"][rng.permutation(len(idx["train"]))[: cfg.qat_calib]]
+    ceiling = None
+    if cfg.qat_envelope_quantile is not None and hasattr(student, "set_envelope_ceiling"):
+        ceiling = student.envelope_quantile(x[calib].to(dev), cfg.qat_envelope_quantile)
+        student.set_envelope_ceiling(ceiling)
 
     def evaluate() -> dict[str, float]:
         # the exporters calibrate the weights they get: ranges follow the weights each epoch
@@ -364,4 +386,5 @@ def _qat_phase(student, cfg: DistillConfig, weight, x: Tensor, y: Tensor, idx: d
             "val_int8_sim_before": before,
             "val_int8_sim_selected": result.history[result.best_epoch - 1]["val"],
             "reduce_range": cfg.qat_reduce_range, "calibration_windows": len(calib),
+            "envelope_ceiling": ceiling, "envelope_quantile": cfg.qat_envelope_quantile,
             "ranges": {k: [round(v, 5) for v in r] for k, r in sim.ranges.items()}}

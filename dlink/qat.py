@@ -10,7 +10,11 @@ the int8 files apply:
 - **activations**: per tensor, asymmetric 8-bit over ``[min, max]`` measured once on
   calibration windows (global min/max, the calibrator both exporters use), at every tensor
   the int8 graph stores: the input, each activation after its fused ReLU6, the residual
-  sum, the logits.
+  sum (and, once an envelope ceiling is set, the clamped band amplitudes before and after
+  the multiply that undoes the ReLU6's gain);
+- **logits**: symmetric 16-bit over `LOGITS_HEADROOM` x ``max(|min|, |max|)``, as the
+  TFLite file stores them (the headroom keeps new subjects' larger logits in range; the
+  ONNX file computes them in float, which this matches to ~80 dB).
 
 Rounding uses the straight-through estimator (``torch.fake_quantize_*``): the forward pass
 rounds, the backward pass lets the gradient through inside the range. BatchNorm is folded
@@ -25,6 +29,8 @@ from __future__ import annotations
 import torch
 
 from dlink.errors import ConfigError
+
+LOGITS_HEADROOM = 4.0  # int16 logits: range = this x the calibration windows' (TFLite export too)
 
 
 class Int8Sim:
@@ -51,6 +57,9 @@ class Int8Sim:
             self.ranges[name] = [min(lo, float(x.detach().min())), max(hi, float(x.detach().max()))]
             return x
         lo, hi = self.ranges[name]
+        if name == "logits":  # int16, symmetric, with the exporter's headroom
+            scale = LOGITS_HEADROOM * max(-lo, hi, 1e-8) / 32767.0
+            return torch.fake_quantize_per_tensor_affine(x, scale, 0, -32768, 32767)
         scale = max(hi - lo, 1e-8) / 255.0  # the range always holds 0 exactly (lo <= 0 <= hi)
         zero = int(round(-lo / scale)) - 128
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, -128, 127)

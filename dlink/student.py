@@ -102,6 +102,12 @@ class EEGMiC(nn.Module):
         combinations (as CSP, ShallowConvNet and FBCNet filter space before power) rather
         than of each electrode alone; False leaves it out. Measured in
         `bench/student_variants.py` (variants ``im``, ``im-xs``): no gain on EEGMAT.
+    envelope_ceiling : clamp the band amplitudes to [0, this] (model units), or None. Their int8
+        range is set by the largest calibration value (an artifact's), so a few extreme
+        windows make the quantisation step of every window coarse; the band amplitudes are
+        where the int8 graph's logit error comes from (`bench/int8_noise_sources.py`). The
+        int8-aware phase of `dlink distill` sets it from the training windows
+        (`set_envelope_ceiling`) and then trains through it; None leaves the graph unclamped.
 
     Notes
     -----
@@ -137,6 +143,7 @@ class EEGMiC(nn.Module):
         temporal_stride: int = 2,
         dropout: float = 0.25,
         input_mix: bool = False,
+        envelope_ceiling: float | None = None,
     ):
         super().__init__()
         if n_times % patch_size:
@@ -157,6 +164,7 @@ class EEGMiC(nn.Module):
         self.n_chans, self.n_times, self.n_outputs = n_chans, n_times, n_outputs
         self.patch_size, self.d_teacher = patch_size, d_teacher
         self.n_patches = n_times // patch_size
+        self.envelope_ceiling = envelope_ceiling
 
         # (1) mimic: (spatial filter) -> filter bank -> rectify -> mean per patch -> (context) -> d
         self.input_mix = None
@@ -215,6 +223,8 @@ class EEGMiC(nn.Module):
             x = self.input_mix(x)  # (B, C, T), electrode combinations
         z = self.filterbank(x.unsqueeze(1))  # (B, F, C, T/stride), rectified band signals
         z = self.envelope(z)  # (B, F, C, N) band amplitude per channel and patch
+        if self.envelope_ceiling is not None:
+            z = z.clamp(0.0, self.envelope_ceiling)
         if self.compress is not None:
             z = z + self.compress(z)  # (B, F, C, N), a learned per-band compression
         code = z.permute(0, 2, 3, 1)  # (B, C, N, F)
@@ -304,7 +314,26 @@ class EEGMiC(nn.Module):
                 "context_padding": ctx.padding, "temporal_stride": tmp.stride,
                 "temporal_padding": tmp.padding, "width": self.feature[0].out_channels,
                 "n_virtual": self.spatial[0].out_channels, "compress": self.compress is not None,
-                "input_mix": self.input_mix is not None, "n_chans": self.n_chans, "n_times": self.n_times}
+                "input_mix": self.input_mix is not None, "n_chans": self.n_chans, "n_times": self.n_times,
+                "envelope_ceiling": self.envelope_ceiling}
+
+    def set_envelope_ceiling(self, value: float | None) -> None:
+        """Clamp the band amplitudes at ``value`` from now on (recorded in ``.config``, so
+        `save_student` keeps it)."""
+        if value is not None and not value > 0:
+            raise ConfigError(f"envelope_ceiling must be > 0, got {value}.")
+        self.envelope_ceiling = None if value is None else float(value)
+        self.config = dict(self.config, kwargs=dict(self.config["kwargs"],
+                                                    envelope_ceiling=self.envelope_ceiling))
+
+    @torch.no_grad()
+    def envelope_quantile(self, x: torch.Tensor, q: float) -> float:
+        """The ``q`` quantile (0..1) of the unclamped band amplitudes of (B, C, T) windows."""
+        if self.input_mix is not None:
+            x = self.input_mix(x)
+        z = self.envelope(self.filterbank(x.unsqueeze(1))).flatten()
+        k = max(1, int(round((1 - q) * z.numel())))  # the k-th largest value
+        return float(z.topk(k).values[-1])
 
 
 def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torch.Tensor:
@@ -324,8 +353,17 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
     z = F.conv2d(x.unsqueeze(1), wq(w["filterbank.weight"]), w["filterbank.bias"],
                  stride=g["filter_stride"], padding=g["filter_padding"])  # (B, F, C, T/stride)
     z = q("filterbank", z.clamp(0.0, 6.0))
-    z = q("envelope", F.conv2d(z, wq(w["envelope.weight"]), None, stride=g["per_patch"],
-                               groups=g["n_bands"]))  # (B, F, C, N)
+    ceiling = g.get("envelope_ceiling")
+    if ceiling is None:
+        z = q("envelope", F.conv2d(z, wq(w["envelope.weight"]), None, stride=g["per_patch"],
+                                   groups=g["n_bands"]))  # (B, F, C, N)
+    else:  # clamp(0, ceiling) as a ReLU6 fused into the conv: int8 runtimes lack a fused
+        # clamp at any other bound (TFLite's MINIMUM does not quantise); the gain is undone
+        # by a multiply whose int8 output lies on the same grid as its input (exact)
+        gain = 6.0 / ceiling
+        z = F.conv2d(z, wq(w["envelope.weight"] * gain), None, stride=g["per_patch"],
+                     groups=g["n_bands"])
+        z = q("envelope", q("envelope_relu6", z.clamp(0.0, 6.0)) * (1.0 / gain))  # (B, F, C, N)
     if g["compress"]:
         h = q("compress", F.relu(F.conv2d(z, wq(w["compress.0.weight"]), w["compress.0.bias"],
                                           groups=g["n_bands"])))

@@ -196,7 +196,10 @@ def test_every_int8_artifact_passed_the_gate(exported):
     for path, gate in gated.items():
         assert gate["passed"] and gate["failed_checks"] == [], path
         assert gate["agreement"] >= 0.99 and gate["sqnr_db"] >= 30, path
-        assert gate["bacc_change"] >= -0.01 and gate["float_ops"] == [], path
+        assert gate["bacc_change"] >= -0.01, path
+    # the ONNX file computes only its logits (K x features MACs) in float, by design
+    assert [op.split(":")[0] for op in gated["model.int8.onnx"]["float_ops"]] == ["Gemm"]
+    assert gated["model.int8.tflite"]["float_ops"] == []
     assert exported["manifest"]["parity"]["passed"]
 
 
@@ -241,14 +244,15 @@ def _interpreter(path: Path):
     return interp
 
 
-def test_tflite_is_full_integer_with_int8_io(exported, assets):
+def test_tflite_is_full_integer_with_int8_input_and_int16_logits(exported, assets):
     x, ref = _reference(assets)
     art = next(a for a in exported["manifest"]["artifacts"]
                if a["format"] == "tflite" and a["precision"] == "int8")
     interp = _interpreter(exported["out"] / "model.int8.tflite")
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    assert inp["dtype"] == np.int8 and out["dtype"] == np.int8
+    assert inp["dtype"] == np.int8 and out["dtype"] == np.int16
     assert list(inp["shape"]) == [1, 4, 400]
+    assert art["io"]["output"]["dtype"] == "int16" and out["quantization"][1] == 0
     assert art["io"]["input"]["scale"] == pytest.approx(inp["quantization"][0])
     assert art["io"]["input"]["zero_point"] == inp["quantization"][1]
     assert art["io"]["output"]["scale"] == pytest.approx(out["quantization"][0])
@@ -434,6 +438,22 @@ def test_input_clip_is_a_runtime_step_and_the_tflite_graph_is_full_integer(expor
     assert manifest["input"]["preprocessing"][0] == {"op": "clip", "uV": 50.0}
     tfl = next(a for a in manifest["artifacts"] if a["path"] == "model.int8.tflite")
     assert tfl["gate"]["float_ops"] == []
+
+
+def test_an_envelope_ceiling_exports_full_integer_and_as_trained(assets, tmp_path):
+    """A student whose band amplitudes are clamped (what the int8-aware phase sets) exports
+    with no float op in the TFLite file, and its fp32 files compute the clamped model."""
+    student = load_student(assets["student"])
+    x = torch.from_numpy(CLIPPED.to_model_units(assets["test"].X))
+    student.set_envelope_ceiling(student.envelope_quantile(x, 0.9))  # binds on 10% of values
+    save_student(student, tmp_path / "student")
+    manifest = export_student(tmp_path / "student", tmp_path / "model", calib=assets["calib"],
+                              holdout=assets["holdout"], formats=("onnx", "tflite"),
+                              gate=GateThresholds(enforce=False))
+    arts = {a["path"]: a for a in manifest["artifacts"]}
+    assert arts["model.fp32.onnx"]["parity_vs_torch"]["passed"]
+    assert arts["model.int8.tflite"]["gate"]["float_ops"] == []
+    assert arts["model.int8.tflite"]["gate"]["agreement"] >= 0.9
 
 
 def test_int8_onnx_reports_spectral_fidelity_per_eeg_band(exported):

@@ -152,6 +152,23 @@ def test_default_student_converts_with_litert(tmp_path):
     torch.testing.assert_close(torch.as_tensor(edge(x)), model(x).detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_envelope_ceiling_clamps_the_band_amplitudes_in_both_graphs(tmp_path):
+    """With a ceiling the band amplitudes stay in [0, ceiling], the deployed graph (a fused
+    ReLU6 and a multiply) still computes the training graph, and a saved model keeps it."""
+    model = _warm(build_student("mic-xs", SMALL, 2), SMALL)
+    x = torch.randn(3, SMALL.n_chans, SMALL.n_times) * 0.2
+    free = model(x)
+    ceiling = model.envelope_quantile(x, 0.5)  # half the amplitudes lie above it
+    model.set_envelope_ceiling(ceiling)
+    clamped = model(x)
+    assert not torch.allclose(free, clamped)
+    torch.testing.assert_close(model.deployable()(x), clamped, rtol=1e-4, atol=1e-5)
+    save_student(model, tmp_path)
+    torch.testing.assert_close(load_student(tmp_path)(x), clamped)
+    with pytest.raises(ConfigError):
+        model.set_envelope_ceiling(0.0)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2}])
 def test_deployed_graph_gives_the_training_graphs_logits(kwargs):
     """`deployable()` (what dlink-export ships: BatchNorm and the mimic projection folded)

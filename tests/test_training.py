@@ -167,6 +167,10 @@ def test_int8_aware_phase_trains_through_the_simulated_deployed_graph(tiny_teach
     assert qat["epochs"] == 1 and qat["selected_epoch"] == 1
     assert set(qat["ranges"]) >= {"input", "filterbank", "envelope", "residual", "mix", "temporal", "logits"}
     assert qat["ranges"]["input"] == [-0.5, 0.5]  # the ±50 µV clip, in model units
+    assert qat["envelope_ceiling"] > 0 and qat["ranges"]["envelope"] == [0.0, pytest.approx(
+        qat["envelope_ceiling"], rel=1e-4)]  # the band amplitudes' int8 range is the ceiling
+    assert load_student(tmp_path).envelope_ceiling == pytest.approx(qat["envelope_ceiling"])
+    assert isinstance(qat["threshold_bias"], float)  # re-tuned on validation after the phase
     history = json.loads((tmp_path / "qat" / "history.json").read_text())
     assert {"int8_mse", "ce"} <= set(history[0]["train"]) and "sqnr_db" in history[0]["val"]
     assert load_student(tmp_path)(torch.zeros(1, 19, 1000)).shape == (1, 2)
