@@ -9,8 +9,8 @@ which tensor's 8 bits cost the logit SQNR the parity gate asks for (30 dB, issue
     python bench/int8_noise_sources.py RUN_DIR [--out results] [--name int8_noise_sources]
 
 RUN_DIR is a `dlink pipeline` output folder (``student/``, ``calibration.npz``,
-``data.json``, ``export/manifest.json``); the held-out windows are its test subjects, put
-through the manifest's preprocessing, as the gate does. Needs the data set
+``data.json``, ``export/manifest.json``); the held-out windows are its test subjects in
+model units, as the gate takes them. Needs the data set
 (``DLINK_DATA_DIR``). Writes ``OUT/NAME.md`` and ``OUT/NAME.json``; nothing here is a test.
 """
 
@@ -26,23 +26,15 @@ import numpy as np
 import torch
 
 
-def held_out(run_dir: Path, manifest: dict) -> np.ndarray:
-    """(n, C, T) model-input windows of the run's test subjects (the gate's windows)."""
+def held_out(run_dir: Path, signal) -> np.ndarray:
+    """(n, C, T) model-input windows of the run's test subjects, converted as the gate does."""
+    from calibration import to_model_units
     from dlink.data import load_windows
 
     data = json.loads((run_dir / "data.json").read_text())
     npz = run_dir / "data.npz"
-    spec = str(npz) if npz.is_file() else data["name"]
-    windows = load_windows(spec, sfreq=manifest["input"]["sfreq"])
-    x = windows.of_subjects(data["split"]["test"]).X.astype(np.float32)
-    for op in manifest["input"]["preprocessing"]:
-        if op["op"] == "clip":
-            x = np.clip(x, -op["uV"], op["uV"])
-        elif op["op"] == "scale":
-            x = x * np.float32(op["factor"])
-        else:
-            raise SystemExit(f"int8_noise_sources: preprocessing op {op['op']!r} not handled.")
-    return x
+    windows = load_windows(str(npz) if npz.is_file() else data["name"], sfreq=signal.sfreq)
+    return to_model_units(windows.of_subjects(data["split"]["test"]).X, signal)
 
 
 def sqnr(reference: np.ndarray, test: np.ndarray) -> float:
@@ -67,16 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     sim = Int8Sim(student, reduce_range=bool(manifest["export"]["onnx"]["quantization"]["reduce_range"]))
     calib = torch.from_numpy(np.load(args.run_dir / "calibration.npz")["X"])
     sim.calibrate(calib)
-    x = torch.from_numpy(held_out(args.run_dir, manifest))
+    x = torch.from_numpy(held_out(args.run_dir, student.signal))
     w, g = student.deployed_weights(), student.deployed_geometry()
     act = sim._act  # noqa: SLF001 - the simulation's own rounding, switched per tensor
 
-    def logits(only=None, but=None, weights=True, wts=None) -> np.ndarray:
-        def q(name, t):
-            on = (only is None or name == only) and name != but
-            return act(name, t) if on else t
+    def logits(rounded=lambda name: True, weights=True, wts=None) -> np.ndarray:
+        """Logits with the activations named by ``rounded`` and (``weights``) every weight
+        rounded; ``wts`` replaces the deployed weights."""
         with torch.no_grad():
-            return deployed_forward(x, wts or w, g, q=q if only != "-" else None,
+            return deployed_forward(x, wts or w, g, q=lambda n, t: act(n, t) if rounded(n) else t,
                                     wq=sim._weight if weights else None).numpy()  # noqa: SLF001
 
     ref = sim.float_logits(x).numpy()
@@ -97,21 +88,21 @@ def main(argv: list[str] | None = None) -> int:
                                    else (hi - lo) / 255, 6),
                      "p50": round(float(np.percentile(v, 50)), 4),
                      "p99_9": round(float(np.percentile(v, 99.9)), 4),
-                     "only_db": sqnr(ref, logits(only=name, weights=False)),
-                     "all_but_db": sqnr(ref, logits(but=name))})
+                     "only_db": sqnr(ref, logits(lambda n, kept=name: n == kept, weights=False)),
+                     "all_but_db": sqnr(ref, logits(lambda n, left_out=name: n != left_out))})
     weight_rows = []
     for name, t in w.items():
         if t.ndim > 1:
             one = dict(w, **{name: sim._weight(t)})  # noqa: SLF001
             weight_rows.append({"weight": name, "shape": list(t.shape),
-                                "only_db": sqnr(ref, logits(only="-", weights=False, wts=one))})
+                                "only_db": sqnr(ref, logits(lambda n: False, weights=False, wts=one))})
     report = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "run_dir": str(args.run_dir), "n_windows": len(x), "n_calibration": len(calib),
         "reduce_range": sim.qmax == 63,
         "gate_sqnr_db": (onnx.get("gate") or {}).get("sqnr_db"),
         "simulated_sqnr_db": sqnr(ref, logits()),
-        "weights_only_db": sqnr(ref, logits(only="-")),
+        "weights_only_db": sqnr(ref, logits(lambda n: False)),
         "activations_only_db": sqnr(ref, logits(weights=False)),
         "activations": rows, "weights": weight_rows,
     }

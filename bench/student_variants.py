@@ -43,13 +43,11 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
             "im-xs"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
-ARCH = {"ch8": {"compress_hidden": 8}, "xs": {"n_bands": 8, "n_virtual": 2, "width": 16},
-        "fl49": {"filter_length": 49}, "drop0.5": {"dropout": 0.5},
-        "fl99": {"filter_length": 99},
-        "fl49-xs": {"filter_length": 49, "n_bands": 8, "n_virtual": 2, "width": 16},
-        "fl49-d0.5": {"filter_length": 49, "dropout": 0.5},
-        "im": {"input_mix": True},
-        "im-xs": {"input_mix": True, "n_bands": 8, "n_virtual": 2, "width": 16}}  # student kwargs changed
+XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
+ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
+        "drop0.5": {"dropout": 0.5}, "fl99": {"filter_length": 99},
+        "fl49-xs": {"filter_length": 49, **XS}, "fl49-d0.5": {"filter_length": 49, "dropout": 0.5},
+        "im": {"input_mix": True}, "im-xs": {"input_mix": True, **XS}}  # student kwargs changed
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1}}  # DistillConfig
 
 

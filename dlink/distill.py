@@ -40,6 +40,7 @@ from dlink.training import TrainConfig, class_weights, predict_logits, train_loo
 # near-tied margins makes int8 flip decisions for nothing.
 RETUNE_MIN_GAIN = 0.02
 
+
 @dataclass(frozen=True)
 class Method:
     """A benchmark row: which router builds the target and which loss preset is used."""
@@ -264,31 +265,18 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         out_dir=out_dir, description=f"distill {cfg.student} ({cfg.method})",
     )
     best = load_student(out_dir)  # every process: rank 0 wrote it when it was selected
-    threshold_bias = None
-    if cfg.tune_threshold and K == 2:
-        threshold_bias, _ = tune_threshold(predict_logits(best, x[idx["val"]]), windows.y[idx["val"]])
-        with torch.no_grad():
-            best.classifier.bias[1] += threshold_bias
-        if dist.is_main():
-            save_student(best, out_dir, class_names=windows.class_names)
+    tune = cfg.tune_threshold and K == 2
+    val = (x[idx["val"]], windows.y[idx["val"]], out_dir, windows.class_names)
+    threshold_bias = _shift_threshold(best, *val)[0] if tune else None
     qat = None
     if cfg.qat_epochs > 0:
         qat = _qat_phase(best, cfg, weight, x, y, idx, windows, out_dir, dev)
-        if cfg.tune_threshold and K == 2:  # its CE moves the threshold back: tune it again
-            best = load_student(out_dir)
-            val_logits, y_val = predict_logits(best, x[idx["val"]]), windows.y[idx["val"]]
-            shift, tuned = tune_threshold(val_logits, y_val)
-            gain = tuned - compute_metrics(y_val, val_logits)["bacc"]
-            qat["threshold_bias"] = shift if gain >= RETUNE_MIN_GAIN else 0.0
-            qat["threshold_retune_gain"] = float(gain)
-            with torch.no_grad():
-                best.classifier.bias[1] += qat["threshold_bias"]
-            if dist.is_main():
-                save_student(best, out_dir, class_names=windows.class_names)
+        best = load_student(out_dir)  # the int8-aware phase saved its selected epoch over it
+        if tune:  # its CE moves the threshold back: tune it again
+            qat["threshold_bias"], qat["threshold_retune_gain"] = _shift_threshold(
+                best, *val, min_gain=RETUNE_MIN_GAIN)
     if not dist.is_main():  # rank 0 wrote the selected student; the others receive its metrics
         return dist.broadcast_object(None)
-    if qat is not None:  # the int8-aware phase saved its selected epoch over the student
-        best = load_student(out_dir)
     from dlink.nn_utils import count_macs, count_parameters
 
     metrics = {
@@ -306,6 +294,23 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     }
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return dist.broadcast_object(metrics)
+
+
+def _shift_threshold(student, x_val: Tensor, y_val: np.ndarray, out_dir: Path, class_names,
+                     min_gain: float = -np.inf) -> tuple[float, float]:
+    """Tune a two-class student's decision threshold on validation windows (a shift of class
+    1's logit, `tune_threshold`) and, if it gains at least ``min_gain`` validation BAcc,
+    apply it and save the student. Returns (the shift applied, 0.0 if none; the gain)."""
+    logits = predict_logits(student, x_val)
+    shift, tuned = tune_threshold(logits, y_val)
+    gain = float(tuned - compute_metrics(y_val, logits)["bacc"])
+    if gain < min_gain:
+        return 0.0, gain
+    with torch.no_grad():
+        student.classifier.bias[1] += shift
+    if dist.is_main():
+        save_student(student, out_dir, class_names=class_names)
+    return shift, gain
 
 
 class _Int8Objective(torch.nn.Module):

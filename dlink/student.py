@@ -219,10 +219,7 @@ class EEGMiC(nn.Module):
             (B, C, N, d_teacher).
         """
         _check_input(x, self.n_chans, self.n_times, type(self).__name__)
-        if self.input_mix is not None:
-            x = self.input_mix(x)  # (B, C, T), electrode combinations
-        z = self.filterbank(x.unsqueeze(1))  # (B, F, C, T/stride), rectified band signals
-        z = self.envelope(z)  # (B, F, C, N) band amplitude per channel and patch
+        z = self._band_amplitudes(x)  # (B, F, C, N)
         if self.envelope_ceiling is not None:
             z = z.clamp(0.0, self.envelope_ceiling)
         if self.compress is not None:
@@ -326,12 +323,17 @@ class EEGMiC(nn.Module):
         self.config = dict(self.config, kwargs=dict(self.config["kwargs"],
                                                     envelope_ceiling=self.envelope_ceiling))
 
+    def _band_amplitudes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) -> (B, F, C, N) band amplitude per channel and patch, unclamped."""
+        if self.input_mix is not None:
+            x = self.input_mix(x)  # (B, C, T), electrode combinations
+        z = self.filterbank(x.unsqueeze(1))  # (B, F, C, T/stride), rectified band signals
+        return self.envelope(z)
+
     @torch.no_grad()
     def envelope_quantile(self, x: torch.Tensor, q: float) -> float:
         """The ``q`` quantile (0..1) of the unclamped band amplitudes of (B, C, T) windows."""
-        if self.input_mix is not None:
-            x = self.input_mix(x)
-        z = self.envelope(self.filterbank(x.unsqueeze(1))).flatten()
+        z = self._band_amplitudes(x).flatten()
         k = max(1, int(round((1 - q) * z.numel())))  # the k-th largest value
         return float(z.topk(k).values[-1])
 

@@ -77,17 +77,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
     signature, input_name = _signature(float_model)
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe.static_wi8_ai8())
-    for op in ("FULLY_CONNECTED", "OUTPUT"):  # 16-bit logits (later entries take precedence)
+    for op in ("FULLY_CONNECTED", "OUTPUT"):  # 16-bit logits (a later config replaces one)
         manager.add_static_config(regex=".*", operation_name=op, activation_num_bits=16,
                                   weight_num_bits=8)
-    quant_recipe = manager.get_quantization_recipe()
     if io == "float32":  # leave the graph input and output unquantised
-        quant_recipe += [
-            {"regex": ".*", "operation": op, "algorithm_key": "no_quantize"}
-            for op in ("INPUT", "OUTPUT")
-        ]
-        manager = recipe_manager.RecipeManager()
-        manager.load_quantization_recipe(quant_recipe)
+        for op in ("INPUT", "OUTPUT"):
+            manager.add_quantization_config(".*", op, algorithm_key="no_quantize")
+    quant_recipe = manager.get_quantization_recipe()
     calib_run = calibrator.Calibrator(
         float_model, num_threads=1, qsv_update_func=qsv_utils.min_max_update
     )

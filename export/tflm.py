@@ -166,9 +166,7 @@ def compare_with_litert(model: bytes, tflite_path: Path, X: np.ndarray, arena: i
     micro = runtime.Interpreter.from_bytes(model, arena_size=arena)
     lite = tflite_export.interpreter(Path(tflite_path))
     (inp,), (out,) = lite.get_input_details(), lite.get_output_details()
-    lsb = _output_lsb(model)
-    steps_per_lsb = 2 ** (8 * np.dtype(out["dtype"]).itemsize - 8) if np.dtype(
-        out["dtype"]).kind in "iu" else 1  # int16 output: 256 of its steps are one 8-bit step
+    step, steps_per_lsb = _output_step(model)
     diffs = []
     for x in np.asarray(X, np.float32):
         q = _quantize(x[None], inp)
@@ -178,7 +176,7 @@ def compare_with_litert(model: bytes, tflite_path: Path, X: np.ndarray, arena: i
         micro.invoke()
         a = lite.get_tensor(out["index"]).astype(np.float64)
         b = np.asarray(micro.get_output(0)).astype(np.float64)
-        diffs.append(np.abs(a - b).ravel() / lsb)
+        diffs.append(np.abs(a - b).ravel() / step)
     steps = np.round(np.concatenate(diffs)) if diffs else np.zeros(0)
     d = np.round(steps / steps_per_lsb)
     worst = int(d.max()) if d.size else 0
@@ -201,18 +199,25 @@ def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(x / np.float32(scale)) + zero_point, info.min, info.max).astype(dtype)
 
 
-def _output_lsb(model: bytes) -> float:
-    """One output quantisation step: 1 for an integer output (compared as integers), else
-    the scale of the int8 tensor the float output is dequantised from."""
+def _output_step(model: bytes) -> tuple[float, int]:
+    """(one quantisation step of the output in the units compared, how many such steps make
+    one 8-bit step over the same range). An integer output is compared as integers (step 1);
+    a float output in the scale of the integer tensor it is dequantised from. 16-bit logits:
+    256 steps per 8-bit step."""
     from ai_edge_litert import schema_py_generated as schema
 
     graph = schema.ModelT.InitFromObj(schema.Model.GetRootAs(model, 0)).subgraphs[0]
-    out = graph.outputs[0]
-    if graph.tensors[out].type != schema.TensorType.FLOAT32:
-        return 1.0
-    producer = next(op for op in graph.operators if out in list(op.outputs))
-    quant = graph.tensors[producer.inputs[0]].quantization
-    return float(quant.scale[0]) if quant is not None and quant.scale is not None else 1.0
+    tensor = graph.tensors[graph.outputs[0]]
+    step = 1.0
+    if tensor.type == schema.TensorType.FLOAT32:
+        producer = next(op for op in graph.operators if graph.outputs[0] in list(op.outputs))
+        tensor = graph.tensors[producer.inputs[0]]
+        quant = tensor.quantization
+        if quant is None or quant.scale is None:
+            return 1.0, 1
+        step = float(quant.scale[0])
+    bits = 16 if tensor.type == schema.TensorType.INT16 else 8
+    return step, 2 ** (bits - 8)
 
 
 def _allocates(model: bytes, arena: int) -> bool:
