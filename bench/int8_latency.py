@@ -2,16 +2,21 @@
 
     python bench/int8_latency.py runs/pipeline-default --out results
 
-Reads OUT/export (dlink-export's folder) and OUT/student (the saved student). In one
-process, on one thread, batch 1, the runners take turns (interleaved rounds, so a noisy
-machine slows all of them alike) and the median of ``--repeats`` runs is reported:
+Reads OUT/export (dlink-export's folder). One process, one thread, batch 1:
 
-- student fp32 ONNX (``model.fp32.onnx``) and int8 ONNX (``model.int8.onnx``) in ONNX
-  Runtime at the optimisation level the board runs;
-- student fp32 TFLite (converted here from the student, as dlink-export does) and int8
-  TFLite (``model.int8.tflite``) in LiteRT;
-- the teacher CBraMod-base (4.9 M parameters, fp32; weights do not change its speed) in
-  both runtimes.
+- **students**: per runtime, ``model.fp32.*`` and ``model.int8.*`` of the export timed
+  window by window interleaved, in alternating order, median of ``--repeats`` runs after a
+  warm-up: exactly the measurement `export.deployment.measure` makes at export (and records
+  in the manifest's ``deployment`` section), so the two agree. ONNX Runtime at the
+  optimisation level the board runs, LiteRT with its default delegates (XNNPACK), as
+  ``dlink-edge`` opens them; LiteRT's int8 file is also timed with its builtin kernels only
+  (no XNNPACK), for comparison;
+- **teacher**: CBraMod-base (4.9 M parameters, fp32; weights do not change its speed) in
+  both runtimes, timed on its own (median of ``--teacher-repeats`` runs): interleaving a
+  12-ms model window by window with a 0.1-ms one evicts the small one's weights from the
+  caches every time and times it cold (the previous version of this script did that, and
+  its student medians were 3-5x the warm ones). The ratio teacher / int8 student divides
+  two warm medians from this process.
 
 Writes OUT/int8_latency.json and OUT/int8_latency.md (ratios and medians; the absolute
 milliseconds are this machine's).
@@ -32,6 +37,17 @@ from pathlib import Path
 import numpy as np
 
 
+def _median_ms(run, sample: np.ndarray, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        run(sample)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(sample)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def _ort(path: Path):
     from export import onnx_export
 
@@ -42,17 +58,13 @@ def _ort(path: Path):
 
 def _litert(path: Path):
     """LiteRT as the edge runtime creates it: default delegates (XNNPACK), one thread."""
-    from ai_edge_litert.interpreter import Interpreter
+    from export import tflite_export
 
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
+    interp = tflite_export.interpreter(path, delegates=True)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
 
     def run(x):
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x)
+        interp.set_tensor(inp["index"], tflite_export._to_input(x, inp))
         interp.invoke()
         return interp.get_tensor(out["index"])
 
@@ -110,47 +122,46 @@ def _dft_spectrum(embedding) -> None:
     embedding.forward = types.MethodType(forward, embedding)
 
 
-def measure(run_dir: Path, repeats: int) -> dict:
+def measure(run_dir: Path, repeats: int, teacher_repeats: int) -> dict:
     import torch
 
-    from dlink.student import load_student
-    from export import tflite_export
+    from export import deployment, tflite_export
 
     torch.set_num_threads(1)
     export = run_dir / "export"
-    student = load_student(run_dir / "student")
-    sample = np.random.default_rng(0).normal(0, 0.1, (1, student.signal.n_chans, student.signal.n_times))
+    spec = json.loads((export / "manifest.json").read_text())["input"]
+    sample = np.random.default_rng(0).normal(0, 0.1, (1, len(spec["ch_names"]), spec["n_times"]))
     sample = np.clip(sample, -0.5, 0.5).astype(np.float32)  # model units after the ±50 µV clip
+    files = {rt: {p: export / f"model.{p}.{ext}" for p in ("fp32", "int8")}
+             for rt, ext in (("onnx", "onnx"), ("tflite", "tflite"))}
+    students = deployment.measure(files, sample, repeats=repeats)["runtimes"]
+    med = {f"{rt}/student {p}": v for rt, r in (("ort", students["onnx"]), ("litert", students["tflite"]))
+           for p, v in r["median_ms"].items()}
+    builtin = tflite_export.interpreter(files["tflite"]["int8"], delegates=False)
+    inp = builtin.get_input_details()[0]
+    x_int8 = tflite_export._to_input(sample, inp)
+
+    def run_builtin(_):
+        builtin.set_tensor(inp["index"], x_int8)
+        builtin.invoke()
+
+    med["litert/student int8, builtin kernels (no XNNPACK)"] = _median_ms(run_builtin, sample, repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        deploy = student.deployable() if hasattr(student, "deployable") else student
-        tflite_export.convert_fp32(deploy.eval(), torch.from_numpy(sample), tmp / "student.fp32.tflite")
-        t_onnx, t_tfl = _teacher_files(tmp, sample)
-        runners = {
-            "ort/student fp32": _ort(export / "model.fp32.onnx"),
-            "ort/student int8": _ort(export / "model.int8.onnx"),
-            "ort/teacher fp32 (CBraMod-base)": _ort(t_onnx),
-            "litert/student fp32": _litert(tmp / "student.fp32.tflite"),
-            "litert/student int8": _litert(export / "model.int8.tflite"),
-            "litert/teacher fp32 (CBraMod-base)": _litert(t_tfl),
-        }
-        times = {k: [] for k in runners}
-        for run in runners.values():  # warm-up
-            for _ in range(5):
-                run(sample)
-        for _ in range(repeats):
-            for name, run in runners.items():
-                t0 = time.perf_counter()
-                run(sample)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        t_onnx, t_tfl = _teacher_files(Path(tmp), sample)
+        med["ort/teacher fp32 (CBraMod-base)"] = _median_ms(_ort(t_onnx), sample, teacher_repeats)
+        med["litert/teacher fp32 (CBraMod-base)"] = _median_ms(_litert(t_tfl), sample, teacher_repeats)
     ratios = {}
     for rt in ("ort", "litert"):
         ratios[f"{rt}: int8 / fp32 student"] = med[f"{rt}/student int8"] / med[f"{rt}/student fp32"]
-        ratios[f"{rt}: teacher fp32 / student int8"] = (med[f"{rt}/teacher fp32 (CBraMod-base)"]
-                                                       / med[f"{rt}/student int8"])
-    return {"median_ms": med, "ratios": ratios, "repeats": repeats, "threads": 1, "batch": 1,
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores"}
+        for p in ("int8", "fp32"):
+            ratios[f"{rt}: teacher fp32 / student {p}"] = (med[f"{rt}/teacher fp32 (CBraMod-base)"]
+                                                           / med[f"{rt}/student {p}"])
+    ratios["litert: int8 builtin / fp32 student"] = (
+        med["litert/student int8, builtin kernels (no XNNPACK)"] / med["litert/student fp32"])
+    return {"median_ms": med, "ratios": ratios, "repeats": repeats,
+            "teacher_repeats": teacher_repeats, "threads": 1, "batch": 1,
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+            "int8_dot_product": deployment.cpu_description()["int8_dot_product"]}
 
 
 def write(result: dict, out: Path, argv: list[str]) -> None:
@@ -161,8 +172,11 @@ def write(result: dict, out: Path, argv: list[str]) -> None:
     (out / "int8_latency.md").write_text(f"""# int8 vs fp32 latency, teacher vs student
 
 Written by `python bench/int8_latency.py {' '.join(argv)}` on {time.strftime('%Y-%m-%d')}
-({result['machine']}): one process, {result['threads']} thread, batch {result['batch']}, runners interleaved,
-median of {result['repeats']} runs each. Absolute times are this machine's; compare ratios.
+({result['machine']}; int8 dot-product instructions: {', '.join(result['int8_dot_product']) or 'none'}):
+one process, {result['threads']} thread, batch {result['batch']}. Students: fp32 and int8 file of a runtime
+interleaved window by window, alternating order, median of {result['repeats']} runs (the export's own
+`deployment` measurement); teacher: timed on its own, median of {result['teacher_repeats']} runs.
+Absolute times are this machine's; compare ratios.
 
 | runner | median ms per window |
 |---|---|
@@ -180,9 +194,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a dlink pipeline output (with export/ and student/)")
     p.add_argument("--out", type=Path, default=Path("results"))
-    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=200, help="runs per student file")
+    p.add_argument("--teacher-repeats", type=int, default=50, help="runs per teacher")
     args = p.parse_args()
-    result = measure(args.run_dir, args.repeats)
+    result = measure(args.run_dir, args.repeats, args.teacher_repeats)
     write(result, args.out, sys.argv[1:])
     print(json.dumps(result["ratios"], indent=1))
 

@@ -116,7 +116,8 @@ def _signature(model_bytes: bytes) -> tuple[str, str]:
 def interpreter(model: Path | bytes, delegates: bool = False):
     """A LiteRT interpreter (ai_edge_litert, else tflite_runtime), tensors allocated.
 
-    ``delegates=False`` runs the reference builtin kernels, the ones TFLite Micro mirrors.
+    ``delegates=False`` runs the builtin kernels without the default delegate (XNNPACK);
+    ``True`` lets LiteRT apply XNNPACK, as ``dlink-edge`` does.
     """
     for name in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
         try:
