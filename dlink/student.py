@@ -52,6 +52,7 @@ CONFIG_FORMAT = "dlink-model/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _CONFIG_KEYS = ("arch", "kwargs", "n_outputs", "class_names", "signal")
+LAYOUTS = ("nchw", "nhwc")  # `EEGMiC.deployable`: ONNX Runtime, TFLite
 
 
 def _conv_bn(
@@ -259,8 +260,12 @@ class EEGMiC(nn.Module):
         self.n_outputs = n_outputs
         self.classifier = nn.Linear(self.num_features, n_outputs)
 
-    def deployable(self) -> nn.Module:
+    def deployable(self, layout: str = "nchw") -> nn.Module:
         """The graph to export: same logits, the mimic projection folded away.
+
+        ``layout`` is the runtime's tensor layout: ``"nchw"`` (ONNX Runtime) or ``"nhwc"``
+        (TFLite), which writes the filter bank and the envelope as the convs XNNPACK's int8
+        kernels run fast (`deployed_forward`); same sums, same int8 products.
 
         ``to_mimic`` (F -> d per token), ``spatial`` (C -> S, BatchNorm, no activation) and
         ``feature`` (d -> h, BatchNorm, then ReLU6) are linear up to that ReLU6, so they
@@ -270,8 +275,10 @@ class EEGMiC(nn.Module):
         requantisations of wide, unbounded tensors disappear. Eval-mode BatchNorm
         statistics; `dlink-export` checks the logits against this model's.
         """
+        if layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
         with torch.no_grad():
-            return _DeployedMiC(self.deployed_weights(), self.deployed_geometry())
+            return _DeployedMiC(self.deployed_weights(), {**self.deployed_geometry(), "layout": layout})
 
     def deployed_weights(self) -> dict[str, torch.Tensor]:
         """The deployed graph's weights (`deployed_forward`), differentiable functions of this
@@ -307,6 +314,7 @@ class EEGMiC(nn.Module):
         """Strides, paddings and sizes `deployed_forward` needs besides the weights."""
         fb, ctx, tmp = self.filterbank[0], self.context[0], self.temporal[0]
         return {"filter_stride": fb.stride, "filter_padding": fb.padding,
+                "filter_length": fb.kernel_size[1],
                 "per_patch": self.envelope.stride, "n_bands": self.envelope.out_channels,
                 "context_padding": ctx.padding, "temporal_stride": tmp.stride,
                 "temporal_padding": tmp.padding, "width": self.feature[0].out_channels,
@@ -352,19 +360,27 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
     x = q("input", x)
     if g.get("input_mix"):
         x = q("input_mix", F.conv1d(x, wq(w["input_mix.weight"])))  # (B, C, T)
-    z = F.conv2d(x.unsqueeze(1), wq(w["filterbank.weight"]), w["filterbank.bias"],
-                 stride=g["filter_stride"], padding=g["filter_padding"])  # (B, F, C, T/stride)
+    blocks = g.get("layout") == "nhwc"  # weights in `_DeployedMiC`'s nhwc form
+    if blocks:
+        z = _filterbank(x, wq(w["filterbank.weight"]), w["filterbank.bias"], g)
+    else:
+        z = F.conv2d(x.unsqueeze(1), wq(w["filterbank.weight"]), w["filterbank.bias"],
+                     stride=g["filter_stride"], padding=g["filter_padding"])  # (B, F, C, T/stride)
     z = q("filterbank", z.clamp(0.0, 6.0))
+
+    def envelope(z, weight):  # (B, F, C, T/stride) -> (B, F, C, N)
+        if blocks:
+            return _envelope(z, weight, g)
+        return F.conv2d(z, weight, None, stride=g["per_patch"], groups=g["n_bands"])
+
     ceiling = g.get("envelope_ceiling")
     if ceiling is None:
-        z = q("envelope", F.conv2d(z, wq(w["envelope.weight"]), None, stride=g["per_patch"],
-                                   groups=g["n_bands"]))  # (B, F, C, N)
+        z = q("envelope", envelope(z, wq(w["envelope.weight"])))  # (B, F, C, N)
     else:  # clamp(0, ceiling) as a ReLU6 fused into the conv: int8 runtimes lack a fused
         # clamp at any other bound (TFLite's MINIMUM does not quantise); the gain is undone
         # by a multiply whose int8 output lies on the same grid as its input (exact)
         gain = 6.0 / ceiling
-        z = F.conv2d(z, wq(w["envelope.weight"] * gain), None, stride=g["per_patch"],
-                     groups=g["n_bands"])
+        z = envelope(z, wq(w["envelope.weight"] * gain))
         z = q("envelope", q("envelope_relu6", z.clamp(0.0, 6.0)) * (1.0 / gain))  # (B, F, C, N)
     if g["compress"]:
         h = q("compress", F.relu(F.conv2d(z, wq(w["compress.0.weight"]), w["compress.0.bias"],
@@ -384,6 +400,59 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
     return q("logits", F.linear(z.flatten(1), wq(w["classifier.weight"]), w["classifier.bias"]))
 
 
+# The "nhwc" layout (TFLite). There a conv with one input channel and stride s (the filter
+# bank) becomes a depthwise conv with a depth multiplier, and the envelope a depthwise conv
+# over 50 samples at stride 50; XNNPACK runs both slowly in int8 (measured on the default
+# student: 0.65 ms int8 against 0.13 ms fp32, almost all of it in these two). The same sums
+# as a stride-1 conv over blocks of s samples, and as a dense 1x1 conv over a patch's
+# (sample, band) pairs, are ordinary convs (int8 0.15 ms, fp32 0.08 ms); the extra weights
+# are zeros, so the per-channel int8 scales and every int8 product stay the same. In ONNX
+# Runtime (NCHW) the reshapes cost transposes and the zeros real work (fp32 0.076 -> 0.120
+# ms), so the "nchw" layout keeps the strided and depthwise convs.
+
+def _space_to_depth_filter(weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """(F, 1, 1, k) filter of a stride-s conv -> (F, s, 1, ceil(k / s)) filter of the
+    stride-1 conv over blocks of s samples (`_filterbank`); taps past k are zero."""
+    n_f, k = weight.shape[0], weight.shape[-1]
+    n_blocks = -(-k // stride)
+    padded = nn.functional.pad(weight.reshape(n_f, k), (0, n_blocks * stride - k))  # (F, J*s)
+    return padded.reshape(n_f, n_blocks, stride).permute(0, 2, 1)[:, :, None, :]  # (F, s, 1, J)
+
+
+def _filterbank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g: dict) -> torch.Tensor:
+    """(B, C, T) -> (B, F, C, T') the stride-s filter bank, as a conv over space-to-depth
+    blocks: (B, C, T) padded -> (B, s, C, blocks) -> conv with ``weight`` (F, s, 1, J)."""
+    s, p, k = g["filter_stride"][1], g["filter_padding"][1], g["filter_length"]
+    n_b, n_c, n_t = x.shape
+    n_out = (n_t + 2 * p - k) // s + 1  # as the stride-s conv
+    n_blocks = n_out + weight.shape[-1] - 1  # output t reads blocks t .. t + J - 1
+    extra = n_blocks * s - (n_t + 2 * p)  # > 0: zeros that only zero taps reach; < 0: unread
+    xp = nn.functional.pad(x, (p, p + extra)) if extra >= 0 else \
+        nn.functional.pad(x, (p, p))[..., :n_blocks * s]
+    xb = xp.reshape(n_b, n_c, n_blocks, s).permute(0, 3, 1, 2)  # (B, s, C, blocks)
+    return nn.functional.conv2d(xb, weight, bias)  # (B, F, C, n_out)
+
+
+def _dense_envelope(weight: torch.Tensor) -> torch.Tensor:
+    """(F, 1, 1, P) per-band patch weights -> (F, P * F, 1, 1) block-diagonal 1x1 conv over
+    the (sample k, band f) pairs of a patch, input channel k * F + f (`_envelope`)."""
+    n_f, per_patch = weight.shape[0], weight.shape[-1]
+    eye = torch.eye(n_f, dtype=weight.dtype, device=weight.device)
+    dense = weight.reshape(n_f, per_patch, 1) * eye[:, None, :]  # (F, P, F)
+    return dense.reshape(n_f, per_patch * n_f, 1, 1)
+
+
+def _envelope(z: torch.Tensor, weight: torch.Tensor, g: dict) -> torch.Tensor:
+    """(B, F, C, T') band signals -> (B, F, C, N) per-patch weighted sums: the patch's P
+    samples of all F bands become P * F channels (a reshape in the channels-last layout the
+    int8 runtimes use), then ``weight`` (F, P * F, 1, 1)."""
+    n_b, n_f, n_c, n_t = z.shape
+    per_patch = g["per_patch"][1]
+    n = n_t // per_patch
+    blocks = z[..., :n * per_patch].permute(0, 2, 3, 1).reshape(n_b, n_c, n, per_patch * n_f)
+    return nn.functional.conv2d(blocks.permute(0, 3, 1, 2), weight)  # (B, F, C, N)
+
+
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) per channel of an eval-mode BatchNorm: y = x * scale + shift."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -397,6 +466,10 @@ class _DeployedMiC(nn.Module):
         super().__init__()
         self.geometry = geometry
         self.n_chans, self.n_times = geometry["n_chans"], geometry["n_times"]
+        if geometry.get("layout") == "nhwc":
+            weights = {**weights, "envelope.weight": _dense_envelope(weights["envelope.weight"]),
+                       "filterbank.weight": _space_to_depth_filter(
+                           weights["filterbank.weight"], geometry["filter_stride"][1])}
         for name, t in weights.items():  # dots are not allowed in parameter names
             self.register_parameter(name.replace(".", "_"), nn.Parameter(t.detach().clone()))
         self._names = list(weights)

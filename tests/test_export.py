@@ -269,6 +269,22 @@ def test_tflite_is_full_integer_with_int8_input_and_int16_logits(exported, asset
     assert float_inputs == [], "a full-integer model has no float32 tensor"
 
 
+def test_each_format_gets_the_front_end_its_int8_kernels_run_fast(exported):
+    """TFLite (XNNPACK) gets the filter bank and the envelope as plain convs, no depthwise
+    conv (slow there in int8); ONNX Runtime keeps the strided and depthwise convs, which
+    the plain ones would slow down with transposes; the int8 gates are the same."""
+    import onnx
+
+    ops = {o["op_name"] for o in _interpreter(exported["out"] / "model.int8.tflite")._get_ops_details()}
+    assert "DEPTHWISE_CONV_2D" not in ops and "CONV_2D" in ops
+    graph = onnx.load(str(exported["out"] / "model.fp32.onnx")).graph
+    first = next(n for n in graph.node if n.op_type == "Conv")
+    (strides,) = [list(a.ints) for a in first.attribute if a.name == "strides"]
+    assert strides[-1] > 1  # the filter bank's stride, on one input channel
+    assert any(a.name == "group" and a.i > 1 for n in graph.node if n.op_type == "Conv"
+               for a in n.attribute)
+
+
 def test_c_array_holds_the_tflite_bytes(exported, tmp_path):
     out = exported["out"]
     source = (out / "model_data.cc").read_text()

@@ -169,6 +169,27 @@ def test_envelope_ceiling_clamps_the_band_amplitudes_in_both_graphs(tmp_path):
         model.set_envelope_ceiling(0.0)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"filter_length": 24}, {"filter_length": 99},
+                                    {"envelope_ceiling": 0.5}, {"compress_hidden": 2}])
+def test_nhwc_layout_computes_the_same_logits_with_plain_convs(kwargs):
+    """`deployable("nhwc")` (the TFLite graph) writes the filter bank as a stride-1 conv over
+    space-to-depth blocks and the envelope as a dense 1x1 conv: the same logits as the
+    training graph for odd, even and long filters (which need extra or fewer padded
+    samples), and no grouped or strided conv left in the front end."""
+    from dlink.student import EEGMiC
+
+    model = _warm(EEGMiC(SMALL.n_chans, SMALL.n_times, 2, n_bands=4, n_virtual=2, width=8,
+                         **kwargs), SMALL)
+    x = torch.randn(3, SMALL.n_chans, SMALL.n_times) * 0.2
+    nhwc = model.deployable("nhwc")
+    torch.testing.assert_close(nhwc(x), model(x), rtol=1e-4, atol=1e-5)
+    n_f, stride = 4, model.filterbank[0].stride[1]
+    assert nhwc.filterbank_weight.shape[:3] == (n_f, stride, 1)  # (F, s, 1, J)
+    assert nhwc.envelope_weight.shape == (n_f, model.envelope.kernel_size[1] * n_f, 1, 1)
+    with pytest.raises(ConfigError):
+        model.deployable("nwhc")
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2}])
 def test_deployed_graph_gives_the_training_graphs_logits(kwargs):
     """`deployable()` (what dlink-export ships: BatchNorm and the mimic projection folded)
