@@ -44,6 +44,7 @@ from export.manifest import (
     artifact_entry,
     input_section,
     output_section,
+    sha256_file,
     toolchain_versions,
 )
 from export.parity import GateThresholds, ParityResult, compare
@@ -295,9 +296,13 @@ class _Exporter:
         deployable = model.deployable() if hasattr(model, "deployable") else model
         self.deploy, folded = _fold_batchnorm(deployable)
         folded = folded or deployable is not model  # deployable() folded them itself
-        # TFLite's graph in the layout its int8 kernels run fast (EEG-MiC: same sums)
+        # The TFLite file gets the graph in the layout XNNPACK's int8 kernels run fast
+        # (EEG-MiC's front end as plain convs, same int8 products); the C array, for MCU
+        # kernels that run depthwise convs at their MAC count, keeps the nchw graph, which
+        # has fewer MACs (`c_files`).
         self.deploy_nhwc = (_fold_batchnorm(model.deployable(layout="nhwc"))[0]
                             if hasattr(model, "deployable") else self.deploy)
+        self.tflite_io = "int8"
         self.target = target  # the int8 ONNX file's CPU (onnx_export.TARGETS)
         self.sample = torch.from_numpy(calib.X[:1])  # (1, C, T)
         if held is not None:
@@ -339,6 +344,7 @@ class _Exporter:
                                  "quantization": quant}
 
     def tflite(self, io_dtype: str) -> None:
+        self.tflite_io = io_dtype
         fp32, int8 = self.stage / FILES["fp32_tflite"], self.stage / FILES["int8_tflite"]
         with self.steps.step("converting fp32 TFLite (litert-torch)"):
             self._tool("litert-torch conversion", tflite_export.convert_fp32, self.deploy_nhwc,
@@ -364,22 +370,49 @@ class _Exporter:
     def c_files(self) -> None:
         signal = self.model.signal
         tfl = next(a for a in self.artifacts if a["path"] == FILES["int8_tflite"])
+        with self.steps.step("int8 TFLite for microcontrollers (nchw graph)"):
+            model, embeds = self._mcu_tflite()
         # TFLite Micro check (issue 14, export/tflm.py): ops + smallest arena into the header,
         # then model_data.cc's bytes run on TFLM vs LiteRT; recorded on the c-source entry.
         with self.steps.step("finding the TFLite Micro ops and smallest tensor arena"):
-            mcu = tflm.plan(self.stage / FILES["int8_tflite"])
+            mcu = tflm.plan(model)
         with self.steps.step("writing model_data.h/.cc"):
             c_array.write_c_array(
-                self.stage / FILES["int8_tflite"], self.stage / FILES["header"],
-                self.stage / FILES["source"], sha256=tfl["sha256"], n_chans=signal.n_chans,
-                n_times=signal.n_times, class_names=list(self.model.class_names), io=tfl["io"],
-                tflm=mcu,
+                model, self.stage / FILES["header"], self.stage / FILES["source"],
+                sha256=embeds["sha256"], n_chans=signal.n_chans, n_times=signal.n_times,
+                class_names=list(self.model.class_names), io=tfl["io"], tflm=mcu,
             )
         with self.steps.step("running model_data.cc on TFLite Micro vs LiteRT"):
-            mcu = tflm.verify(self.stage / FILES["source"], self.stage / FILES["int8_tflite"],
-                              self.X, mcu, enforce=self.gate.enforce)
-        self._add(FILES["header"], "c-header", "int8", embeds=FILES["int8_tflite"])
-        self._add(FILES["source"], "c-source", "int8", embeds=FILES["int8_tflite"], tflm=mcu)
+            mcu = tflm.verify(self.stage / FILES["source"], model, self.X, mcu,
+                              enforce=self.gate.enforce)
+        self._add(FILES["header"], "c-header", "int8", embeds=embeds)
+        self._add(FILES["source"], "c-source", "int8", embeds=embeds, tflm=mcu)
+
+    def _mcu_tflite(self) -> tuple[Path, dict]:
+        """The int8 TFLite the C array embeds, and what the manifest says of it.
+
+        ``model.int8.tflite`` itself, unless that file has the nhwc graph: then the nchw
+        graph (depthwise convs, fewer MACs) quantised the same way, which must give the
+        same int8 outputs as ``model.int8.tflite`` on the gate's windows (else ExportError)."""
+        shipped = self.stage / FILES["int8_tflite"]
+        if self.deploy_nhwc is self.deploy:
+            return shipped, {"file": FILES["int8_tflite"], "sha256": sha256_file(shipped)}
+        fp32, int8 = self.work / "mcu.fp32.tflite", self.work / "model.int8.mcu.tflite"
+        self._tool("litert-torch conversion", tflite_export.convert_fp32, self.deploy,
+                   self.sample, fp32)
+        self._tool("ai-edge-quantizer", tflite_export.quantize_int8, fp32, int8, self.calib,
+                   self.tflite_io)
+        diff = float(np.abs(tflite_export.run(int8, self.X) - tflite_export.run(shipped, self.X)).max())
+        step = tflite_export.io_details(shipped)["output"].get("scale") or 0.0
+        if diff > step * 1.001:
+            raise ExportError(
+                f"the MCU graph's int8 outputs differ from {FILES['int8_tflite']}'s by {diff:.3g} "
+                f"(more than one output step, {step:.3g}); the two layouts should compute the "
+                "same int8 products."
+            )
+        return int8, {"graph": "nchw (depthwise convs: fewer MACs on MCU kernels)",
+                      "sha256": sha256_file(int8), "bytes": int8.stat().st_size,
+                      "same_outputs_as": FILES["int8_tflite"], "max_abs_diff": diff}
 
     def _add(self, rel: str, fmt: str, precision: str, **extra) -> None:
         self.artifacts.append(artifact_entry(self.stage, rel, fmt, precision, **extra))
@@ -405,7 +438,7 @@ class _Exporter:
 def _write_artifacts(stage: Path, model, calib, held, formats, gate, tflite_io, progress,
                      verbose, target: str = "x86") -> _Exporter:
     """Write every requested artifact into ``stage``; raise `GateError` if the gate fails."""
-    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 3 * ("c" in formats) + 1
+    n_steps = 4 * ("onnx" in formats) + 3 * ("tflite" in formats) + 4 * ("c" in formats) + 1
     with tempfile.TemporaryDirectory() as work, Steps(n_steps, progress) as steps:
         job = _Exporter(stage, Path(work), model, calib, held, gate, steps, verbose, target)
         if "onnx" in formats:

@@ -10,8 +10,8 @@ QDQ file, on held-out windows. For each EEG band it reports
     noise-to-signal ratio (dB) = 10 log10( PSD(int8 - fp32) / PSD(fp32) ), summed over the band,
 
 with Welch PSDs along the representation's time axis (its sampling rate is the model's
-rate times its length over the window's: the conv's stride, whether written as a stride or,
-as EEG-MiC ships it, as a stride-1 conv over space-to-depth blocks). -30 dB means the int8 copy's error carries a thousandth
+rate times its length over the window's, i.e. the model's rate over the conv's stride,
+however the graph writes the stride). -30 dB means the int8 copy's error carries a thousandth
 of that band's power. Bands above the representation's Nyquist frequency are left out.
 """
 

@@ -24,7 +24,7 @@ from dlink.data import Windows, split_subjects
 from dlink.errors import ConfigError
 from dlink.signal import SignalSpec
 from dlink.student import build_student, load_student, save_student
-from export import GateThresholds, export_student
+from export import GateThresholds, export_student, tflite_export
 from export.errors import ExportError, GateError, OutputExistsError
 from export.pipeline import _staging
 
@@ -293,7 +293,15 @@ def test_c_array_holds_the_tflite_bytes(exported, tmp_path):
     assert "extern const unsigned int g_dlink_model_data_len;" in header
     body = source.split("{", 1)[1].split("};", 1)[0]
     data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body))
-    assert data == (out / "model.int8.tflite").read_bytes()
+    # EEG-MiC's C array holds the nchw graph (depthwise convs, fewer MACs on an MCU), which
+    # computes model.int8.tflite's int8 outputs
+    entry = next(a for a in exported["manifest"]["artifacts"] if a["format"] == "c-source")
+    assert entry["embeds"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert entry["embeds"]["same_outputs_as"] == "model.int8.tflite"
+    assert data != (out / "model.int8.tflite").read_bytes()
+    x = np.random.default_rng(0).normal(0, 0.2, (8, 4, 400)).astype(np.float32)
+    np.testing.assert_array_equal(tflite_export.run(data, x),
+                                  tflite_export.run(out / "model.int8.tflite", x))
     assert f"g_dlink_model_data_len = {len(data)};" in source
     if shutil.which("g++"):  # compile it as a board build would
         main = tmp_path / "main.cc"

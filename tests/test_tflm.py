@@ -7,6 +7,7 @@ feeds most tests; the error tests build their own broken models.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -82,12 +83,19 @@ def exported(tmp_path_factory, shared_data):
 # Same numbers on TFLM, the smallest arena, the header
 
 
+def _embeds(manifest: dict) -> dict:
+    """What the manifest says of the int8 TFLite model the C array embeds."""
+    return next(a for a in manifest["artifacts"] if a["path"] == "model_data.cc")["embeds"]
+
+
 def test_tflm_runs_model_data_cc_like_litert(exported):
     t, m = exported["tflm"], exported["manifest"]
     out = exported["out"]
     assert t["checked"] and t["runtime"].startswith("tflite-micro ")
-    assert read_c_array(out / "model_data.cc") == (out / "model.int8.tflite").read_bytes()
-    assert t["model_bytes"] == (out / "model.int8.tflite").stat().st_size
+    embedded = read_c_array(out / "model_data.cc")  # EEG-MiC: the nchw graph (fewer MACs)
+    assert hashlib.sha256(embedded).hexdigest() == _embeds(m)["sha256"]
+    assert _embeds(m)["same_outputs_as"] == "model.int8.tflite"
+    assert t["model_bytes"] == len(embedded)
     p = t["parity"]
     assert p["n_windows"] == m["parity"]["data"]["n_windows"] > 0  # the gate's windows
     assert p["n_values"] == 2 * p["n_windows"]
@@ -109,7 +117,7 @@ def test_arena_is_the_smallest_that_allocates(exported):
 def test_header_has_resolver_lines_and_arena_constant(exported):
     header = (exported["out"] / "model_data.h").read_text()
     t = exported["tflm"]
-    assert t["ops"] == tflm.model_ops((exported["out"] / "model.int8.tflite").read_bytes())
+    assert t["ops"] == tflm.model_ops(read_c_array(exported["out"] / "model_data.cc"))
     assert {"CONV_2D", "FULLY_CONNECTED"} <= set(t["ops"])
     n = len(t["ops"])
     assert f"//   static tflite::MicroMutableOpResolver<{n}> resolver;\n" in header
@@ -164,11 +172,12 @@ def test_model_data_cc_compiles_and_holds_the_tflite_bytes(exported, tmp_path):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     run = subprocess.run([str(exe)], capture_output=True)
     assert run.returncode == 0, "g_dlink_model_data is not 16-byte aligned"
-    assert run.stdout == (out / "model.int8.tflite").read_bytes()
+    assert hashlib.sha256(run.stdout).hexdigest() == _embeds(exported["manifest"])["sha256"]
 
 
 def test_without_tflite_micro_the_ops_are_listed_and_the_arena_is_unknown(exported, tmp_path):
-    tfl = exported["out"] / "model.int8.tflite"
+    tfl = tmp_path / "embedded.tflite"
+    tfl.write_bytes(read_c_array(exported["out"] / "model_data.cc"))
     code = block_imports_snippet("tflite_micro") + (
         "import json\nfrom pathlib import Path\nfrom export import c_array, tflm\n"
         f"plan = tflm.plan(Path({str(tfl)!r}))\n"
