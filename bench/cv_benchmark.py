@@ -222,9 +222,16 @@ def _ort_sessions(models: dict, folder: Path) -> dict:
     return sessions
 
 
-def measure_latency(repeats: int = 50) -> dict:
-    """fp32 ms per window, 1 thread, batch 1, median over interleaved rounds: PyTorch eager
-    (``torch/...``) and ONNX Runtime (``ort/...``) for every model, all in this process."""
+def measure_latency(repeats: int = 50, rounds: int = 10) -> dict:
+    """fp32 ms per window, 1 thread, batch 1: PyTorch eager (``torch/...``) and ONNX Runtime
+    (``ort/...``) for every model, all in this process, median of ``repeats`` runs each.
+
+    Each model runs in blocks of ``repeats / rounds`` consecutive calls after one untimed
+    call (warm, as on a board that runs only it); the blocks take turns over ``rounds``
+    rounds in alternating order, so a change in machine load hits every model alike.
+    Interleaving single calls instead times the small models cold: a teacher call between
+    two student calls evicts the student's weights (measured: ORT mic-s 0.249 ms that way,
+    about 4x its warm time)."""
     import tempfile
 
     import torch
@@ -249,15 +256,16 @@ def measure_latency(repeats: int = 50) -> dict:
         runners = {**{f"torch/{n}": (lambda m=m, i=i: m(i)) for n, (m, i) in models.items()},
                    **{f"ort/{n}": (lambda s=s, f=f: s.run(None, f)) for n, (s, f) in sessions.items()}}
         times = {name: [] for name in runners}
+        per_block = max(1, repeats // rounds)
         with torch.no_grad():
-            for run in runners.values():  # warm-up
-                for _ in range(3):
-                    run()
-            for _ in range(repeats):
-                for name, run in runners.items():
-                    t0 = time.perf_counter()
-                    run()
-                    times[name].append((time.perf_counter() - t0) * 1e3)
+            for r in range(rounds):
+                order = list(runners.items())
+                for name, run in (order if r % 2 == 0 else order[::-1]):
+                    run()  # untimed: the first call after another model's
+                    for _ in range(per_block):
+                        t0 = time.perf_counter()
+                        run()
+                        times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
