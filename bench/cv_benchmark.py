@@ -8,7 +8,8 @@ self-pretrained CBraMod-small backbone, cache its layer features once, distil ev
 from scratch, and fit log-band-power + logistic regression. Every row of a fold uses the
 same split, seed and epoch budget. Results per fold land in OUT/fold{k}/{row}/metrics.json
 (a re-run skips what exists); then fp32 latency per window (1 thread, batch 1, median of
-interleaved runs, all models in this one process) is measured and the tables are written
+warm runs, blocks of each model taking turns, all in this one process) is measured and the
+tables are written
 to results/cv_benchmark.md and results/cv_benchmark.json.
 """
 
@@ -256,7 +257,7 @@ def measure_latency(repeats: int = 50, rounds: int = 10) -> dict:
         runners = {**{f"torch/{n}": (lambda m=m, i=i: m(i)) for n, (m, i) in models.items()},
                    **{f"ort/{n}": (lambda s=s, f=f: s.run(None, f)) for n, (s, f) in sessions.items()}}
         times = {name: [] for name in runners}
-        per_block = max(1, repeats // rounds)
+        per_block = -(-repeats // rounds)  # at least `repeats` runs in all
         with torch.no_grad():
             for r in range(rounds):
                 order = list(runners.items())
@@ -560,7 +561,8 @@ label smoothing 0.1, selection on validation AUROC, then the two-class decision 
 tuned on the validation subjects and folded into the classifier bias, as for the teacher);
 student `{args.student}`; `dlink-qat` adds
 {args.qat_epochs} int8-aware epochs (`dlink.qat`). Latency: fp32, 1 thread, batch 1, median of
-{args.latency_repeats} interleaved runs in one process, in PyTorch eager and in ONNX Runtime.
+{args.latency_repeats} warm runs per model (blocks of consecutive runs, the models' blocks taking
+turns), in one process, in PyTorch eager and in ONNX Runtime.
 
 {header}
 {chr(10).join(lines)}

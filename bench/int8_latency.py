@@ -192,7 +192,7 @@ int8 pays off in a runtime where "int8 / fp32 student" is at most 1.
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a dlink pipeline output (with export/ and student/)")
+    p.add_argument("run_dir", type=Path, help="a dlink pipeline output (with export/)")
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--repeats", type=int, default=200, help="runs per student file")
     p.add_argument("--teacher-repeats", type=int, default=50, help="runs per teacher")

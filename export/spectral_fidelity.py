@@ -10,8 +10,7 @@ QDQ file, on held-out windows. For each EEG band it reports
     noise-to-signal ratio (dB) = 10 log10( PSD(int8 - fp32) / PSD(fp32) ), summed over the band,
 
 with Welch PSDs along the representation's time axis (its sampling rate is the model's
-rate times its length over the window's, i.e. the model's rate over the conv's stride,
-however the graph writes the stride). -30 dB means the int8 copy's error carries a thousandth
+rate divided by the conv stride). -30 dB means the int8 copy's error carries a thousandth
 of that band's power. Bands above the representation's Nyquist frequency are left out.
 """
 
@@ -25,13 +24,15 @@ import onnx
 BANDS_HZ = {"delta": (1, 4), "theta": (4, 8), "alpha": (8, 13), "beta": (13, 30), "gamma": (30, 45)}
 
 
-def _first_activation(graph) -> str:
-    """Name of the first Conv's output, after its Relu/Clip if any."""
-    name = next(n for n in graph.node if n.op_type == "Conv").output[0]
+def _first_activation(graph) -> tuple[str, int]:
+    """(tensor name, time stride) of the first Conv's output, after its Relu/Clip if any."""
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    stride = next((list(a.ints)[-1] for a in conv.attribute if a.name == "strides"), 1)
+    name = conv.output[0]
     for node in graph.node:
         if node.op_type in ("Relu", "Clip") and node.input and node.input[0] == name:
-            return node.output[0]
-    return name
+            return node.output[0], int(stride)
+    return name, int(stride)
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
@@ -75,7 +76,7 @@ def band_errors(fp32_path: Path, int8_path: Path, X: np.ndarray, sfreq: float,
     from scipy.signal import welch
 
     fp32 = onnx.load(str(fp32_path))
-    name = _first_activation(fp32.graph)
+    name, stride = _first_activation(fp32.graph)
     int8 = onnx.load(str(int8_path))
     dq = {n.input[0]: n for n in int8.graph.node if n.op_type == "DequantizeLinear"}
     q = next((n for n in int8.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name), None)
@@ -84,7 +85,7 @@ def band_errors(fp32_path: Path, int8_path: Path, X: np.ndarray, sfreq: float,
     int8_name = dq[q.output[0]].output[0]
     ref = _run(_with_outputs(fp32, [name]), X, input_name, name)  # (n, F, C, T')
     got = _run(_with_outputs(int8, [int8_name]), X, input_name, int8_name)
-    fs = sfreq * ref.shape[-1] / X.shape[-1]
+    fs = sfreq / stride
     nper = min(ref.shape[-1], int(fs))
     f, p_ref = welch(ref, fs=fs, nperseg=nper, axis=-1)
     _, p_err = welch(got - ref, fs=fs, nperseg=nper, axis=-1)

@@ -127,8 +127,9 @@ def interpreter(model: Path | bytes, delegates: bool = False):
             continue
     else:
         raise ImportError("neither ai_edge_litert nor tflite_runtime is installed")
-    kwargs = {} if delegates else {
-        "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    kwargs = {"num_threads": 1} if delegates else {  # one thread, as dlink-edge's default
+        "num_threads": 1,
+        "experimental_op_resolver_type": module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     }
     if isinstance(model, bytes | bytearray):
         interp = module.Interpreter(model_content=bytes(model), **kwargs)
