@@ -18,6 +18,9 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
 - ``im``: a learned 19 -> 19 spatial filter of the raw window before the filter bank
   (``input_mix``, initialised to the identity); ``im-xs``: the same with ``xs``'s sizes;
 - ``drop0.5`` / ``wd0.1``: dropout 0.5 before the classifier / weight decay 0.1;
+- ``tsh`` / ``tsh-xs``: a time-shared head (``time_shared_head``: the classifier reads each
+  compressed feature's mean over the window's time steps, as band power averaged over the
+  window, h weights per class instead of h x N'), with the default / ``xs`` sizes;
 - ``clip100`` / ``clip200`` / ``noclip``: the input clamp at ±100 / ±200 µV instead of
   ±50, or none (`DistillConfig.input_clip_uv`): what the clamp costs in accuracy (the int8
   input step grows with the clamp: 0.39 µV at ±50);
@@ -44,13 +47,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", "drop0.5",
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
-            "im-xs", "clip100", "clip200", "noclip"]
+            "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "drop0.5": {"dropout": 0.5}, "fl99": {"filter_length": 99},
         "fl49-xs": {"filter_length": 49, **XS}, "fl49-d0.5": {"filter_length": 49, "dropout": 0.5},
-        "im": {"input_mix": True}, "im-xs": {"input_mix": True, **XS}}  # student kwargs changed
+        "im": {"input_mix": True}, "im-xs": {"input_mix": True, **XS},
+        "tsh": {"time_shared_head": True}, "tsh-xs": {"time_shared_head": True, **XS}}  # student kwargs
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}}  # DistillConfig fields changed

@@ -109,6 +109,11 @@ class EEGMiC(nn.Module):
         where the int8 graph's logit error comes from (`bench/int8_noise_sources.py`). The
         int8-aware phase of `dlink distill` sets it from the training windows
         (`set_envelope_ceiling`) and then trains through it; None leaves the graph unclamped.
+    time_shared_head : classify the mean over the N' time steps of the compressed features
+        (one weight per feature, as a power feature averaged over the window) instead of
+        every (feature, time step): h * K classifier weights instead of h * N' * K. Exported
+        as the same fully connected layer with the weight repeated over time / N' (no pool
+        op). Measured in `bench/student_variants.py` (variant ``tsh``).
 
     Notes
     -----
@@ -145,6 +150,7 @@ class EEGMiC(nn.Module):
         dropout: float = 0.25,
         input_mix: bool = False,
         envelope_ceiling: float | None = None,
+        time_shared_head: bool = False,
     ):
         super().__init__()
         if n_times % patch_size:
@@ -204,7 +210,9 @@ class EEGMiC(nn.Module):
         pad = temporal_kernel // 2
         n_out = (self.n_patches + 2 * pad - temporal_kernel) // temporal_stride + 1  # N'
         self.drop = nn.Dropout(dropout)
-        self.num_features = width * n_out  # the classifier reads every (feature, time step)
+        self.n_steps, self.time_shared_head = n_out, time_shared_head
+        # the classifier reads every (feature, time step), or each feature's mean over time
+        self.num_features = width if time_shared_head else width * n_out
         self.classifier = nn.Linear(self.num_features, n_outputs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,18 +243,21 @@ class EEGMiC(nn.Module):
         Parameters
         ----------
         feats : (B, C, N, d) from `forward_features`.
-        pre_logits : return the (B, h * N') features instead of logits.
+        pre_logits : return the classifier's input instead of logits: (B, h * N'), or (B, h)
+            with ``time_shared_head``.
 
         Returns
         -------
         torch.Tensor
-            (B, K) logits, or (B, h * N') when ``pre_logits``.
+            (B, K) logits, or the classifier's input when ``pre_logits``.
         """
         z = self.spatial(feats)  # (B, S, N, d)
         z = z.permute(0, 3, 1, 2)  # (B, d, S, N)
         z = self.feature(z)  # (B, h, S, N)
         z = self.temporal(z)  # (B, h, 1, N')
-        z = z.flatten(1)  # (B, h * N'); no pooling layer (int8 pools keep their input's scale)
+        # no pooling layer in the shipped graph (int8 pools keep their input's scale): a
+        # time-shared head is exported as a fully connected layer over (B, h * N')
+        z = z.mean(dim=(2, 3)) if self.time_shared_head else z.flatten(1)  # (B, h) | (B, h * N')
         if pre_logits:
             return z
         return self.classifier(self.drop(z))  # (B, K)
@@ -304,6 +315,9 @@ class EEGMiC(nn.Module):
         token_bias = bm[None, :] * ws.sum(1)[:, None] + ws_shift[:, None]  # (S, d)
         w["mix.bias"] = (token_bias @ wf.T + f_shift[None, :]).T.reshape(-1)  # (h*S,)
         w["classifier.weight"], w["classifier.bias"] = self.classifier.weight, self.classifier.bias
+        if self.time_shared_head:  # mean over N' then (K, h) == (K, h * N') with W / N' repeated
+            wc = self.classifier.weight / self.n_steps
+            w["classifier.weight"] = wc[:, :, None].expand(-1, -1, self.n_steps).reshape(wc.shape[0], -1)
         if self.compress is not None:
             for i in (0, 2):
                 w[f"compress.{i}.weight"] = self.compress[i].weight

@@ -190,7 +190,8 @@ def test_nhwc_layout_computes_the_same_logits_with_plain_convs(kwargs):
         model.deployable("nwhc")
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2}])
+@pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2},
+                                    {"time_shared_head": True}])
 def test_deployed_graph_gives_the_training_graphs_logits(kwargs):
     """`deployable()` (what dlink-export ships: BatchNorm and the mimic projection folded)
     computes the same function as the training graph, for every architecture option."""
