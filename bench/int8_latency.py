@@ -28,47 +28,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _median_ms(run, sample: np.ndarray, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        run(sample)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(sample)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _ort(path: Path):
-    from export import onnx_export
-
-    sess = onnx_export.session(path)
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})
-
-
-def _litert(path: Path):
-    """LiteRT as the edge runtime creates it: default delegates (XNNPACK), one thread."""
-    from export import tflite_export
-
-    interp = tflite_export.interpreter(path, delegates=True)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-
-    def run(x):
-        interp.set_tensor(inp["index"], tflite_export._to_input(x, inp))
-        interp.invoke()
-        return interp.get_tensor(out["index"])
-
-    return run
 
 
 def _teacher_files(folder: Path, sample: np.ndarray) -> tuple[Path, Path]:
@@ -125,7 +90,7 @@ def _dft_spectrum(embedding) -> None:
 def measure(run_dir: Path, repeats: int, teacher_repeats: int) -> dict:
     import torch
 
-    from export import deployment, tflite_export
+    from export import deployment
 
     torch.set_num_threads(1)
     export = run_dir / "export"
@@ -137,19 +102,15 @@ def measure(run_dir: Path, repeats: int, teacher_repeats: int) -> dict:
     students = deployment.measure(files, sample, repeats=repeats)["runtimes"]
     med = {f"{rt}/student {p}": v for rt, r in (("ort", students["onnx"]), ("litert", students["tflite"]))
            for p, v in r["median_ms"].items()}
-    builtin = tflite_export.interpreter(files["tflite"]["int8"], delegates=False)
-    inp = builtin.get_input_details()[0]
-    x_int8 = tflite_export._to_input(sample, inp)
-
-    def run_builtin(_):
-        builtin.set_tensor(inp["index"], x_int8)
-        builtin.invoke()
-
-    med["litert/student int8, builtin kernels (no XNNPACK)"] = _median_ms(run_builtin, sample, repeats)
+    builtin = deployment._tflite_runner(files["tflite"]["int8"], sample, delegates=False)
+    med["litert/student int8, builtin kernels (no XNNPACK)"] = deployment._median_ms(
+        {"builtin": builtin}, repeats)["builtin"]
     with tempfile.TemporaryDirectory() as tmp:
         t_onnx, t_tfl = _teacher_files(Path(tmp), sample)
-        med["ort/teacher fp32 (CBraMod-base)"] = _median_ms(_ort(t_onnx), sample, teacher_repeats)
-        med["litert/teacher fp32 (CBraMod-base)"] = _median_ms(_litert(t_tfl), sample, teacher_repeats)
+        teachers = {"ort": deployment._onnx_runner(t_onnx, sample),
+                    "litert": deployment._tflite_runner(t_tfl, sample)}
+        for rt, run in teachers.items():  # each on its own (see the module docstring)
+            med[f"{rt}/teacher fp32 (CBraMod-base)"] = deployment._median_ms({rt: run}, teacher_repeats)[rt]
     ratios = {}
     for rt in ("ort", "litert"):
         ratios[f"{rt}: int8 / fp32 student"] = med[f"{rt}/student int8"] / med[f"{rt}/student fp32"]

@@ -51,8 +51,8 @@ def _onnx_runner(path: Path, x: np.ndarray):
     return lambda: sess.run(None, feed)
 
 
-def _tflite_runner(path: Path, x: np.ndarray):
-    interp = tflite_export.interpreter(path, delegates=True)
+def _tflite_runner(path: Path, x: np.ndarray, delegates: bool = True):
+    interp = tflite_export.interpreter(path, delegates=delegates)
     (inp,) = interp.get_input_details()
     x = tflite_export._to_input(x, inp)  # an int8 input is quantised once, outside the timing
 
