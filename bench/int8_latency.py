@@ -18,6 +18,12 @@ Reads OUT/export (dlink-export's folder). One process, one thread, batch 1:
   its student medians were 3-5x the warm ones). The ratio teacher / int8 student divides
   two warm medians from this process.
 
+With ``--filter-blocks 4,8,20,40,100`` it also converts the student (OUT/student) to the
+TFLite nhwc graph with the filter bank over blocks of each size (`EEGMiC.deployable`'s
+``filter_block``), quantises each with the export's calibration windows
+(OUT/calibration.npz) and times every fp32 and int8 file interleaved in one loop: the
+measurement behind `dlink.student.NHWC_FILTER_BLOCK`.
+
 Writes OUT/int8_latency.json and OUT/int8_latency.md (ratios and medians; the absolute
 milliseconds are this machine's).
 """
@@ -125,6 +131,38 @@ def measure(run_dir: Path, repeats: int, teacher_repeats: int) -> dict:
             "int8_dot_product": deployment.cpu_description()["int8_dot_product"]}
 
 
+def filter_blocks(run_dir: Path, blocks: list[int], repeats: int) -> dict:
+    """LiteRT median ms of the student's nhwc graph per filter-bank block size and precision,
+    all files timed interleaved in one loop; and whether every int8 file gives the same
+    outputs (they should: the extra taps are zeros)."""
+    import torch
+
+    from calibration.dataset import load_calibration_set
+    from dlink.student import NHWC_FILTER_BLOCK, load_student
+    from export import deployment, tflite_export
+
+    torch.set_num_threads(1)
+    model = load_student(run_dir / "student").eval()
+    calib = load_calibration_set(run_dir / "calibration.npz")
+    x = calib.X[:1]
+    runners, outputs, phases = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in blocks:
+            graph = model.deployable(layout="nhwc", filter_block=b)
+            phases[b] = graph.geometry["filter_phases"]
+            fp32, int8 = Path(tmp) / f"fp32-{b}.tflite", Path(tmp) / f"int8-{b}.tflite"
+            tflite_export.convert_fp32(graph, torch.from_numpy(x), fp32)
+            tflite_export.quantize_int8(fp32, int8, calib)
+            runners[(b, "fp32")] = deployment._tflite_runner(fp32, x)
+            runners[(b, "int8")] = deployment._tflite_runner(int8, x)
+            outputs[b] = tflite_export.run(int8, calib.X[:64])
+        med = deployment._median_ms(runners, repeats)
+    same = all(np.array_equal(outputs[b], outputs[blocks[0]]) for b in blocks)
+    return {"blocks": {str(b): {"phases": phases[b], "fp32_ms": med[(b, "fp32")],
+                                "int8_ms": med[(b, "int8")]} for b in blocks},
+            "int8_outputs_identical": same, "chosen": NHWC_FILTER_BLOCK, "repeats": repeats}
+
+
 def write(result: dict, out: Path, argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "int8_latency.json").write_text(json.dumps(result, indent=1))
@@ -148,7 +186,28 @@ Absolute times are this machine's; compare ratios.
 {ratios}
 
 int8 pays off in a runtime where "int8 / fp32 student" is at most 1.
-""")
+{_blocks_table(result.get("filter_blocks"))}""")
+
+
+def _blocks_table(fb: dict | None) -> str:
+    if not fb:
+        return ""
+    rows = "\n".join(f"| {b} | {v['phases']} | {v['fp32_ms']:.3f} | {v['int8_ms']:.3f} |"
+                     for b, v in fb["blocks"].items())
+    return f"""
+## Filter-bank block size of the TFLite (nhwc) graph
+
+The student's filter bank runs as a stride-1 conv over blocks of b samples with b / stride
+output phases (`EEGMiC.deployable`); LiteRT (XNNPACK), one thread, every file below timed
+interleaved in one loop, median of {fb['repeats']} runs. int8 files give identical outputs at
+every block size: {fb['int8_outputs_identical']}. The exporter uses blocks of
+{fb['chosen']['fp32']} samples for the fp32 file and {fb['chosen']['int8']} for the int8 file
+(`dlink.student.NHWC_FILTER_BLOCK`).
+
+| block (samples) | phases | fp32 ms | int8 ms |
+|---|---|---|---|
+{rows}
+"""
 
 
 def main() -> None:
@@ -157,8 +216,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--repeats", type=int, default=200, help="runs per student file")
     p.add_argument("--teacher-repeats", type=int, default=50, help="runs per teacher")
+    p.add_argument("--filter-blocks", default="",
+                   help="comma-separated filter-bank block sizes (samples) to time, e.g. 4,8,20,40")
     args = p.parse_args()
     result = measure(args.run_dir, args.repeats, args.teacher_repeats)
+    if args.filter_blocks:
+        blocks = [int(b) for b in args.filter_blocks.split(",")]
+        result["filter_blocks"] = filter_blocks(args.run_dir, blocks, args.repeats)
     write(result, args.out, sys.argv[1:])
     print(json.dumps(result["ratios"], indent=1))
 

@@ -53,6 +53,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _CONFIG_KEYS = ("arch", "kwargs", "n_outputs", "class_names", "signal")
 LAYOUTS = ("nchw", "nhwc")  # `EEGMiC.deployable`: ONNX Runtime, TFLite
+# most samples per filter-bank block of the nhwc graph, per precision: XNNPACK's int8 convs
+# run wide blocks (mic-s: 10 phases, 160 output channels) fastest despite their zero taps,
+# its fp32 convs prefer few zeros (`bench/int8_latency.py --filter-blocks` measures both)
+NHWC_FILTER_BLOCK = {"fp32": 8, "int8": 40}
 
 
 def _conv_bn(
@@ -271,12 +275,16 @@ class EEGMiC(nn.Module):
         self.n_outputs = n_outputs
         self.classifier = nn.Linear(self.num_features, n_outputs)
 
-    def deployable(self, layout: str = "nchw") -> nn.Module:
+    def deployable(self, layout: str = "nchw", precision: str = "fp32",
+                   filter_block: int | None = None) -> nn.Module:
         """The graph to export: same logits, the mimic projection folded away.
 
         ``layout`` is the runtime's tensor layout: ``"nchw"`` (ONNX Runtime) or ``"nhwc"``
         (TFLite), which writes the filter bank and the envelope as the convs XNNPACK's int8
         kernels run fast (`deployed_forward`); same sums, same int8 products.
+        In "nhwc" the filter bank runs over space-to-depth blocks of at most ``filter_block``
+        samples (default: `NHWC_FILTER_BLOCK` of the ``precision`` the graph will run in):
+        bigger blocks mean more output phases, wider convs and more zero taps.
 
         ``to_mimic`` (F -> d per token), ``spatial`` (C -> S, BatchNorm, no activation) and
         ``feature`` (d -> h, BatchNorm, then ReLU6) are linear up to that ReLU6, so they
@@ -288,8 +296,12 @@ class EEGMiC(nn.Module):
         """
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+        if precision not in NHWC_FILTER_BLOCK:
+            raise ConfigError(f"precision must be one of {tuple(NHWC_FILTER_BLOCK)}, got {precision!r}.")
+        filter_block = filter_block or NHWC_FILTER_BLOCK[precision]
         with torch.no_grad():
-            return _DeployedMiC(self.deployed_weights(), {**self.deployed_geometry(), "layout": layout})
+            return _DeployedMiC(self.deployed_weights(), {**self.deployed_geometry(), "layout": layout,
+                                                          "filter_block": filter_block})
 
     def deployed_weights(self) -> dict[str, torch.Tensor]:
         """The deployed graph's weights (`deployed_forward`), differentiable functions of this
@@ -424,27 +436,53 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
 # Runtime (NCHW) the reshapes cost transposes and the zeros real work (fp32 0.076 -> 0.120
 # ms), so the "nchw" layout keeps the strided and depthwise convs.
 
-def _space_to_depth_filter(weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """(F, 1, 1, k) filter of a stride-s conv -> (F, s, 1, ceil(k / s)) filter of the
-    stride-1 conv over blocks of s samples (`_filterbank`); taps past k are zero."""
+def filter_phases(n_out: int, stride: int, max_block: int) -> int:
+    """Output phases of the nhwc filter bank (`_filterbank`): the largest p that divides the
+    ``n_out`` filter outputs with blocks of p * ``stride`` <= ``max_block`` samples (>= 1)."""
+    return max(p for p in range(1, max(1, max_block // stride) + 1) if n_out % p == 0)
+
+
+def _space_to_depth_filter(weight: torch.Tensor, stride: int, phases: int = 1) -> torch.Tensor:
+    """(F, 1, 1, k) filter of a stride-s conv -> (phases * F, b, 1, J) filter of the stride-1
+    conv over blocks of b = phases * s samples (`_filterbank`). Output channel p * F + f is
+    filter f delayed by p * s samples (phase p of the block); taps outside the filter are
+    zero, so every channel keeps filter f's largest |tap| and its per-channel int8 scale."""
     n_f, k = weight.shape[0], weight.shape[-1]
-    n_blocks = -(-k // stride)
-    padded = nn.functional.pad(weight.reshape(n_f, k), (0, n_blocks * stride - k))  # (F, J*s)
-    return padded.reshape(n_f, n_blocks, stride).permute(0, 2, 1)[:, :, None, :]  # (F, s, 1, J)
+    block = phases * stride
+    n_blocks = -(-((phases - 1) * stride + k) // block)  # J
+    taps = weight.reshape(n_f, k)
+    out = weight.new_zeros(phases, n_f, n_blocks * block)
+    for p in range(phases):  # phase p: taps start p * s samples into the block row
+        out[p, :, p * stride:p * stride + k] = taps
+    out = out.reshape(phases * n_f, n_blocks, block).permute(0, 2, 1)  # (pF, b, J)
+    return out[:, :, None, :]  # (phases * F, b, 1, J)
 
 
 def _filterbank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g: dict) -> torch.Tensor:
     """(B, C, T) -> (B, F, C, T') the stride-s filter bank, as a conv over space-to-depth
-    blocks: (B, C, T) padded -> (B, s, C, blocks) -> conv with ``weight`` (F, s, 1, J)."""
+    blocks of b = phases * s samples: (B, C, T) padded -> (B, b, C, blocks) -> conv with
+    ``weight`` (phases * F, b, 1, J) and ``bias`` (phases * F,) -> (B, phases * F, C, T' /
+    phases), whose channel p * F + f at block u is output t = u * phases + p. In the
+    channels-last layout the last step is a reshape (C, T'/phases, phases * F) -> (C, T', F),
+    no data movement."""
     s, p, k = g["filter_stride"][1], g["filter_padding"][1], g["filter_length"]
+    phases = g.get("filter_phases", 1)
+    block = phases * s
     n_b, n_c, n_t = x.shape
     n_out = (n_t + 2 * p - k) // s + 1  # as the stride-s conv
-    n_blocks = n_out + weight.shape[-1] - 1  # output t reads blocks t .. t + J - 1
-    extra = n_blocks * s - (n_t + 2 * p)  # > 0: zeros that only zero taps reach; < 0: unread
+    n_u = n_out // phases  # block positions
+    n_blocks = n_u + weight.shape[-1] - 1  # output u reads blocks u .. u + J - 1
+    extra = n_blocks * block - (n_t + 2 * p)  # > 0: zeros that only zero taps reach; < 0: unread
     xp = nn.functional.pad(x, (p, p + extra)) if extra >= 0 else \
-        nn.functional.pad(x, (p, p))[..., :n_blocks * s]
-    xb = xp.reshape(n_b, n_c, n_blocks, s).permute(0, 3, 1, 2)  # (B, s, C, blocks)
-    return nn.functional.conv2d(xb, weight, bias)  # (B, F, C, n_out)
+        nn.functional.pad(x, (p, p))[..., :n_blocks * block]
+    xb = xp.reshape(n_b, n_c, n_blocks, block).permute(0, 3, 1, 2)  # (B, b, C, blocks)
+    z = nn.functional.conv2d(xb, weight, bias)  # (B, phases * F, C, n_u)
+    if phases == 1:
+        return z
+    n_f = weight.shape[0] // phases
+    # written channels-last, so that the converter's layout pass sees the plain reshape
+    z = z.permute(0, 2, 3, 1).reshape(n_b, n_c, n_out, n_f)  # (B, C, T', F): t = u * phases + p
+    return z.permute(0, 3, 1, 2)  # (B, F, C, T')
 
 
 def _dense_envelope(weight: torch.Tensor) -> torch.Tensor:
@@ -481,9 +519,14 @@ class _DeployedMiC(nn.Module):
         self.geometry = geometry
         self.n_chans, self.n_times = geometry["n_chans"], geometry["n_times"]
         if geometry.get("layout") == "nhwc":
+            stride, pad = geometry["filter_stride"][1], geometry["filter_padding"][1]
+            n_out = (geometry["n_times"] + 2 * pad - geometry["filter_length"]) // stride + 1
+            geometry = {**geometry, "filter_phases": filter_phases(n_out, stride, geometry["filter_block"])}
+            self.geometry = geometry
             weights = {**weights, "envelope.weight": _dense_envelope(weights["envelope.weight"]),
                        "filterbank.weight": _space_to_depth_filter(
-                           weights["filterbank.weight"], geometry["filter_stride"][1])}
+                           weights["filterbank.weight"], stride, geometry["filter_phases"]),
+                       "filterbank.bias": weights["filterbank.bias"].repeat(geometry["filter_phases"])}
         for name, t in weights.items():  # dots are not allowed in parameter names
             self.register_parameter(name.replace(".", "_"), nn.Parameter(t.detach().clone()))
         self._names = list(weights)

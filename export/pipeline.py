@@ -296,12 +296,13 @@ class _Exporter:
         deployable = model.deployable() if hasattr(model, "deployable") else model
         self.deploy, folded = _fold_batchnorm(deployable)
         folded = folded or deployable is not model  # deployable() folded them itself
-        # The TFLite file gets the graph in the layout XNNPACK's int8 kernels run fast
-        # (EEG-MiC's front end as plain convs, same int8 products); the C array, for MCU
-        # kernels that run depthwise convs at their MAC count, keeps the nchw graph, which
+        # The TFLite files get the graph in the layout XNNPACK runs fast, each for its
+        # precision (EEG-MiC's front end as plain convs, same int8 products); the C array, for
+        # MCU kernels that run depthwise convs at their MAC count, keeps the nchw graph, which
         # has fewer MACs (`c_files`).
-        self.deploy_nhwc = (_fold_batchnorm(model.deployable(layout="nhwc"))[0]
-                            if hasattr(model, "deployable") else self.deploy)
+        self.deploy_nhwc = {p: _fold_batchnorm(model.deployable(layout="nhwc", precision=p))[0]
+                            if hasattr(model, "deployable") else self.deploy
+                            for p in ("fp32", "int8")}
         self.target = target  # the int8 ONNX file's CPU (onnx_export.TARGETS)
         self.sample = torch.from_numpy(calib.X[:1])  # (1, C, T)
         if held is not None:
@@ -346,11 +347,16 @@ class _Exporter:
         self.tflite_io = io_dtype
         fp32, int8 = self.stage / FILES["fp32_tflite"], self.stage / FILES["int8_tflite"]
         with self.steps.step("converting fp32 TFLite (litert-torch)"):
-            self._tool("litert-torch conversion", tflite_export.convert_fp32, self.deploy_nhwc,
-                       self.sample, fp32)
+            self._tool("litert-torch conversion", tflite_export.convert_fp32,
+                       self.deploy_nhwc["fp32"], self.sample, fp32)
             conv_err = float(np.abs(tflite_export.run(fp32, self.X) - self.ref).max())
+            source = fp32  # the fp32 graph the int8 file is quantised from
+            if self.deploy_nhwc["int8"] is not self.deploy_nhwc["fp32"]:
+                source = self.work / "model.fp32.for-int8.tflite"
+                self._tool("litert-torch conversion", tflite_export.convert_fp32,
+                           self.deploy_nhwc["int8"], self.sample, source)
         with self.steps.step("quantising int8 TFLite (ai-edge-quantizer)"):
-            quant = self._tool("ai-edge-quantizer", tflite_export.quantize_int8, fp32, int8,
+            quant = self._tool("ai-edge-quantizer", tflite_export.quantize_int8, source, int8,
                                self.calib, io_dtype)
         with self.steps.step("gating int8 TFLite"):
             self.int8_tflite_logits = tflite_export.run(int8, self.X)  # (n, K); `_mcu_tflite`
@@ -365,7 +371,9 @@ class _Exporter:
         self._add(FILES["int8_tflite"], "tflite", "int8", io={"dtype": io["input"]["dtype"], **io},
                   gate=result.to_manifest(), parameter_bytes=tflite_export.parameter_bytes(int8))
         self.settings["tflite"] = {"fp32_conversion_max_abs_err": conv_err,
-                                   "quantization": quant}
+                                   "quantization": quant,
+                                   "graphs": {FILES[f"{p}_tflite"]: _graph_note(self.deploy_nhwc[p])
+                                              for p in ("fp32", "int8")}}
 
     def c_files(self) -> None:
         signal = self.model.signal
@@ -397,7 +405,7 @@ class _Exporter:
         same int8 products); a difference is an ExportError, or recorded (``equal``:
         false) when the gate is not enforced."""
         shipped = self.stage / FILES["int8_tflite"]
-        if self.deploy_nhwc is self.deploy:  # one graph for both: the shipped file itself
+        if self.deploy_nhwc["int8"] is self.deploy:  # one graph for both: the shipped file itself
             model, graph, diff = shipped, "the shipped model.int8.tflite", 0.0
         else:
             fp32, model = self.work / "model.fp32.nchw.tflite", self.work / "model.int8.nchw.tflite"
@@ -482,6 +490,16 @@ def _fp32_check(onnx_logits: np.ndarray, ref: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # Model helpers
+
+
+def _graph_note(deployed: nn.Module) -> str:
+    """One line on the graph a TFLite file was converted from (EEG-MiC's nhwc front end)."""
+    g = getattr(deployed, "geometry", None)
+    if not g or g.get("layout") != "nhwc":
+        return "the model's deployable graph"
+    p, s = g["filter_phases"], g["filter_stride"][1]
+    return (f"nhwc: filter bank as a stride-1 conv over blocks of {p * s} samples "
+            f"({p} output phase{'s' if p > 1 else ''}), envelope as a dense 1x1 conv")
 
 
 def _fold_batchnorm(model: nn.Module) -> tuple[nn.Module, bool]:
