@@ -431,8 +431,10 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
 # over 50 samples at stride 50; XNNPACK runs both slowly in int8 (measured on the default
 # student: 0.65 ms int8 against 0.13 ms fp32, almost all of it in these two). The same sums
 # as a stride-1 conv over blocks of s samples, and as a dense 1x1 conv over a patch's
-# (sample, band) pairs, are ordinary convs (int8 0.15 ms, fp32 0.08 ms); the extra weights
-# are zeros, so the per-channel int8 scales and every int8 product stay the same. In ONNX
+# (sample, band) pairs, are ordinary convs (int8 0.15 ms, fp32 0.08 ms); over blocks of
+# several strides, one output channel per (phase, band), the int8 conv is wider and faster
+# still (`NHWC_FILTER_BLOCK`, `results/int8_latency.md`). The extra weights are zeros, so
+# the per-channel int8 scales and every int8 product stay the same. In ONNX
 # Runtime (NCHW) the reshapes cost transposes and the zeros real work (fp32 0.076 -> 0.120
 # ms), so the "nchw" layout keeps the strided and depthwise convs.
 

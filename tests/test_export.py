@@ -271,12 +271,17 @@ def test_tflite_is_full_integer_with_int8_input_and_int16_logits(exported, asset
 
 def test_each_format_gets_the_front_end_its_int8_kernels_run_fast(exported):
     """TFLite (XNNPACK) gets the filter bank and the envelope as plain convs, no depthwise
-    conv (slow there in int8); ONNX Runtime keeps the strided and depthwise convs, which
+    conv (slow there in int8), the int8 file's filter bank over wider blocks than the fp32
+    file's (`dlink.student.NHWC_FILTER_BLOCK`); ONNX Runtime keeps the strided and depthwise convs, which
     the plain ones would slow down with transposes; the int8 gates are the same."""
     import onnx
 
     ops = set(tflm.model_ops((exported["out"] / "model.int8.tflite").read_bytes()))
     assert "DEPTHWISE_CONV_2D" not in ops and "CONV_2D" in ops
+    # each TFLite file's filter bank over the block size its precision runs fast with
+    graphs = exported["manifest"]["export"]["tflite"]["graphs"]
+    assert "blocks of 8 samples" in graphs["model.fp32.tflite"]
+    assert "blocks of 40 samples" in graphs["model.int8.tflite"]
     graph = onnx.load(str(exported["out"] / "model.fp32.onnx")).graph
     first = next(n for n in graph.node if n.op_type == "Conv")
     (strides,) = [list(a.ints) for a in first.attribute if a.name == "strides"]
