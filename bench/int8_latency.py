@@ -150,6 +150,7 @@ def filter_blocks(run_dir: Path, blocks: list[int], repeats: int) -> dict:
         for b in blocks:
             graph = model.deployable(layout="nhwc", filter_block=b)
             phases[b] = graph.geometry["filter_phases"]
+            stride = graph.geometry["filter_stride"][1]
             fp32, int8 = Path(tmp) / f"fp32-{b}.tflite", Path(tmp) / f"int8-{b}.tflite"
             tflite_export.convert_fp32(graph, torch.from_numpy(x), fp32)
             tflite_export.quantize_int8(fp32, int8, calib)
@@ -158,7 +159,8 @@ def filter_blocks(run_dir: Path, blocks: list[int], repeats: int) -> dict:
             outputs[b] = tflite_export.run(int8, calib.X[:64])
         med = deployment._median_ms(runners, repeats)
     same = all(np.array_equal(outputs[b], outputs[blocks[0]]) for b in blocks)
-    return {"blocks": {str(b): {"phases": phases[b], "fp32_ms": med[(b, "fp32")],
+    return {"blocks": {str(b): {"phases": phases[b], "block": phases[b] * stride,
+                                "fp32_ms": med[(b, "fp32")],
                                 "int8_ms": med[(b, "int8")]} for b in blocks},
             "int8_outputs_identical": same, "chosen": NHWC_FILTER_BLOCK, "repeats": repeats}
 
@@ -192,20 +194,22 @@ int8 pays off in a runtime where "int8 / fp32 student" is at most 1.
 def _blocks_table(fb: dict | None) -> str:
     if not fb:
         return ""
-    rows = "\n".join(f"| {b} | {v['phases']} | {v['fp32_ms']:.3f} | {v['int8_ms']:.3f} |"
+    rows = "\n".join(f"| {b} | {v['block']} | {v['phases']} | {v['fp32_ms']:.3f} | {v['int8_ms']:.3f} |"
                      for b, v in fb["blocks"].items())
     return f"""
 ## Filter-bank block size of the TFLite (nhwc) graph
 
-The student's filter bank runs as a stride-1 conv over blocks of b samples with b / stride
-output phases (`EEGMiC.deployable`); LiteRT (XNNPACK), one thread, every file below timed
-interleaved in one loop, median of {fb['repeats']} runs. int8 files give identical outputs at
-every block size: {fb['int8_outputs_identical']}. The exporter uses blocks of
+The student's filter bank runs as a stride-1 conv over blocks of p strides with p output
+phases, p the most that fit in the requested block and divide the filter outputs
+(`EEGMiC.deployable`); LiteRT (XNNPACK), one thread, every file below timed interleaved in
+one loop, median of {fb['repeats']} runs (ten files take turns in the caches, so compare
+times within this table, not with the one above). int8 files give identical outputs at
+every block size: {fb['int8_outputs_identical']}. The exporter asks for blocks of up to
 {fb['chosen']['fp32']} samples for the fp32 file and {fb['chosen']['int8']} for the int8 file
 (`dlink.student.NHWC_FILTER_BLOCK`).
 
-| block (samples) | phases | fp32 ms | int8 ms |
-|---|---|---|---|
+| requested block (samples) | block | phases | fp32 ms | int8 ms |
+|---|---|---|---|---|
 {rows}
 """
 

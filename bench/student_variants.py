@@ -28,7 +28,7 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
   (ShallowConvNet keeps 40 spatial filters; mic-s compresses the 19 electrodes to 4);
 - ``f32``: 32 filter-bank bands instead of 16 (ShallowConvNet has 40 temporal filters);
 - ``ep30`` / ``ls0`` / ``lr5e-4``: 30 epochs instead of 12 / no label smoothing / peak
-  learning rate 5e-4 instead of 2e-3;
+  learning rate 5e-4 instead of 2e-3; ``s16-w24-ep30``: ``s16-w24`` trained 30 epochs;
 - ``log`` / ``sqlog``: the log of each band amplitude / the log of each band's mean power
   (square instead of ReLU, as ShallowConvNet) -- patched, not shipped: what a log-power
   front end would be worth;
@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", "drop0.5",
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
             "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs", "s8", "s16-w24", "f32",
-            "ep30", "ls0", "lr5e-4", "log", "sqlog"]
+            "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
@@ -65,11 +65,12 @@ ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "im": {"input_mix": True}, "im-xs": {"input_mix": True, **XS},
         "tsh": {"time_shared_head": True}, "tsh-xs": {"time_shared_head": True, **XS},
         "s8": {"n_virtual": 8}, "s16-w24": {"n_virtual": 16, "width": 24},
-        "f32": {"n_bands": 32}}  # student kwargs
+        "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24}}  # student kwargs
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
-            "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4}}  # DistillConfig fields changed
+            "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4},
+            "s16-w24-ep30": {"epochs": 30}}  # DistillConfig fields changed
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -106,7 +107,7 @@ def _log_envelope(square: bool) -> None:
 
     import dlink.student as st
 
-    def band_amplitudes(self, x):
+    def band_amplitudes(self, x):  # no input_mix: none of these variants has one
         z = self.filterbank[:2](x.unsqueeze(1)) if square else self.filterbank(x.unsqueeze(1))
         return torch.log(self.envelope(z * z if square else z).clamp_min(0.0) + 0.01)
 

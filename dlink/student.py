@@ -55,7 +55,8 @@ _CONFIG_KEYS = ("arch", "kwargs", "n_outputs", "class_names", "signal")
 LAYOUTS = ("nchw", "nhwc")  # `EEGMiC.deployable`: ONNX Runtime, TFLite
 # most samples per filter-bank block of the nhwc graph, per precision: XNNPACK's int8 convs
 # run wide blocks (mic-s: 10 phases, 160 output channels) fastest despite their zero taps,
-# its fp32 convs prefer few zeros (`bench/int8_latency.py --filter-blocks` measures both)
+# its fp32 convs are fastest with blocks of two strides and slow down with more zeros
+# (`bench/int8_latency.py --filter-blocks` measures both)
 NHWC_FILTER_BLOCK = {"fp32": 8, "int8": 40}
 
 
@@ -282,9 +283,11 @@ class EEGMiC(nn.Module):
         ``layout`` is the runtime's tensor layout: ``"nchw"`` (ONNX Runtime) or ``"nhwc"``
         (TFLite), which writes the filter bank and the envelope as the convs XNNPACK's int8
         kernels run fast (`deployed_forward`); same sums, same int8 products.
-        In "nhwc" the filter bank runs over space-to-depth blocks of at most ``filter_block``
-        samples (default: `NHWC_FILTER_BLOCK` of the ``precision`` the graph will run in):
-        bigger blocks mean more output phases, wider convs and more zero taps.
+        In "nhwc" the filter bank runs over space-to-depth blocks of a whole number of
+        strides, the most that fit in ``filter_block`` samples and divide the filter outputs
+        the envelope reads (`_filter_phases`; ``filter_block`` defaults to
+        `NHWC_FILTER_BLOCK` of the ``precision`` the graph will run in): bigger blocks mean
+        more output phases, wider convs and more zero taps. Both are ignored in "nchw".
 
         ``to_mimic`` (F -> d per token), ``spatial`` (C -> S, BatchNorm, no activation) and
         ``feature`` (d -> h, BatchNorm, then ReLU6) are linear up to that ReLU6, so they
@@ -298,10 +301,20 @@ class EEGMiC(nn.Module):
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
         if precision not in NHWC_FILTER_BLOCK:
             raise ConfigError(f"precision must be one of {tuple(NHWC_FILTER_BLOCK)}, got {precision!r}.")
-        filter_block = filter_block or NHWC_FILTER_BLOCK[precision]
+        if filter_block is not None and filter_block < 1:
+            raise ConfigError(f"filter_block must be >= 1 sample, got {filter_block}.")
+        geometry = {**self.deployed_geometry(), "layout": layout}
+        if layout == "nhwc":
+            block = filter_block or NHWC_FILTER_BLOCK[precision]
+            geometry["filter_outputs"] = n_out = self.filter_outputs_read()
+            geometry["filter_phases"] = _filter_phases(n_out, geometry["filter_stride"][1], block)
         with torch.no_grad():
-            return _DeployedMiC(self.deployed_weights(), {**self.deployed_geometry(), "layout": layout,
-                                                          "filter_block": filter_block})
+            return _DeployedMiC(self.deployed_weights(), geometry)
+
+    def filter_outputs_read(self) -> int:
+        """T': the filter-bank outputs the envelope reads, N patches of P / stride each (an
+        even filter length gives the strided conv one output more, which nothing reads)."""
+        return self.n_patches * self.envelope.stride[1]
 
     def deployed_weights(self) -> dict[str, torch.Tensor]:
         """The deployed graph's weights (`deployed_forward`), differentiable functions of this
@@ -438,9 +451,10 @@ def deployed_forward(x: torch.Tensor, w: dict, g: dict, q=None, wq=None) -> torc
 # Runtime (NCHW) the reshapes cost transposes and the zeros real work (fp32 0.076 -> 0.120
 # ms), so the "nchw" layout keeps the strided and depthwise convs.
 
-def filter_phases(n_out: int, stride: int, max_block: int) -> int:
+def _filter_phases(n_out: int, stride: int, max_block: int) -> int:
     """Output phases of the nhwc filter bank (`_filterbank`): the largest p that divides the
-    ``n_out`` filter outputs with blocks of p * ``stride`` <= ``max_block`` samples (>= 1)."""
+    ``n_out`` filter outputs with blocks of p * ``stride`` <= ``max_block`` samples; 1 (blocks
+    of one stride) when not even two strides fit."""
     return max(p for p in range(1, max(1, max_block // stride) + 1) if n_out % p == 0)
 
 
@@ -467,11 +481,11 @@ def _filterbank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g: di
     phases), whose channel p * F + f at block u is output t = u * phases + p. In the
     channels-last layout the last step is a reshape (C, T'/phases, phases * F) -> (C, T', F),
     no data movement."""
-    s, p, k = g["filter_stride"][1], g["filter_padding"][1], g["filter_length"]
+    s, p = g["filter_stride"][1], g["filter_padding"][1]
     phases = g.get("filter_phases", 1)
     block = phases * s
     n_b, n_c, n_t = x.shape
-    n_out = (n_t + 2 * p - k) // s + 1  # as the stride-s conv
+    n_out = g["filter_outputs"]  # the strided conv's outputs the envelope reads (T / s)
     n_u = n_out // phases  # block positions
     n_blocks = n_u + weight.shape[-1] - 1  # output u reads blocks u .. u + J - 1
     extra = n_blocks * block - (n_t + 2 * p)  # > 0: zeros that only zero taps reach; < 0: unread
@@ -521,14 +535,11 @@ class _DeployedMiC(nn.Module):
         self.geometry = geometry
         self.n_chans, self.n_times = geometry["n_chans"], geometry["n_times"]
         if geometry.get("layout") == "nhwc":
-            stride, pad = geometry["filter_stride"][1], geometry["filter_padding"][1]
-            n_out = (geometry["n_times"] + 2 * pad - geometry["filter_length"]) // stride + 1
-            geometry = {**geometry, "filter_phases": filter_phases(n_out, stride, geometry["filter_block"])}
-            self.geometry = geometry
+            phases = geometry["filter_phases"]
             weights = {**weights, "envelope.weight": _dense_envelope(weights["envelope.weight"]),
                        "filterbank.weight": _space_to_depth_filter(
-                           weights["filterbank.weight"], stride, geometry["filter_phases"]),
-                       "filterbank.bias": weights["filterbank.bias"].repeat(geometry["filter_phases"])}
+                           weights["filterbank.weight"], geometry["filter_stride"][1], phases),
+                       "filterbank.bias": weights["filterbank.bias"].repeat(phases)}
         for name, t in weights.items():  # dots are not allowed in parameter names
             self.register_parameter(name.replace(".", "_"), nn.Parameter(t.detach().clone()))
         self._names = list(weights)

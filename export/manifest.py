@@ -6,7 +6,8 @@ Definitions of the numbers this module records:
   (`dlink.nn_utils.count_parameters`); ``parameter_bytes_fp32`` = 4 bytes each.
 * ``model.parameter_bytes_int8``: bytes of the constant tensors inside the int8 model
   (weights int8, biases int32; BatchNorm folded into the convolutions), taken from the
-  int8 TFLite file when one is written, else from the int8 ONNX file. Every artifact's
+  int8 ONNX file when one is written (the model's own graph), else from the int8 TFLite
+  file, whose layout for XNNPACK may add zero taps (its own ``parameter_bytes``). Every artifact's
   ``bytes`` is its whole file, container overhead included.
 * ``model.macs``: multiply-accumulates of one (1, C, T) window (`dlink.nn_utils.count_macs`).
 """

@@ -173,27 +173,29 @@ def test_envelope_ceiling_clamps_the_band_amplitudes_in_both_graphs(tmp_path):
                                     {"envelope_ceiling": 0.5}, {"compress_hidden": 2}])
 def test_nhwc_layout_computes_the_same_logits_with_plain_convs(kwargs):
     """`deployable("nhwc")` (the TFLite graph) writes the filter bank as a stride-1 conv over
-    space-to-depth blocks (p output phases per block of p * stride samples, p dividing the
-    filter outputs: 24 taps give 101 outputs, so p = 1) and the envelope as a dense 1x1
-    conv: the same logits as the training graph for odd, even and long filters (which need
-    extra or fewer padded samples), and no grouped or strided conv left in the front end."""
-    from dlink.student import EEGMiC
+    space-to-depth blocks of p strides (p output phases: 2 for fp32, 10 for int8 here, 1 when
+    the block holds one stride) and the envelope as a dense 1x1 conv: the same logits as the
+    training graph for odd, even and long filters (which need extra or fewer padded
+    samples), and no grouped or strided conv left in the front end."""
+    from dlink.student import EEGMiC, _filter_phases
 
     model = _warm(EEGMiC(SMALL.n_chans, SMALL.n_times, 2, n_bands=4, n_virtual=2, width=8,
                          **kwargs), SMALL)
+    with torch.no_grad():  # a weight per envelope tap: a filter output out of order shows
+        model.envelope.weight.copy_(torch.rand_like(model.envelope.weight) / 50)
     x = torch.randn(3, SMALL.n_chans, SMALL.n_times) * 0.2
-    nhwc = model.deployable("nhwc")
-    torch.testing.assert_close(nhwc(x), model(x), rtol=1e-4, atol=1e-5)
     n_f, stride = 4, model.filterbank[0].stride[1]
-    phases = 1 if kwargs.get("filter_length") == 24 else 2
-    assert nhwc.geometry["filter_phases"] == phases
-    assert nhwc.filterbank_weight.shape[:3] == (phases * n_f, phases * stride, 1)  # (pF, ps, 1, J)
-    wide = model.deployable("nhwc", precision="int8")  # blocks of up to 40 samples: 10 phases
-    torch.testing.assert_close(wide(x), model(x), rtol=1e-4, atol=1e-5)
-    assert wide.geometry["filter_phases"] == (1 if kwargs.get("filter_length") == 24 else 10)
+    for precision, block, phases in (("fp32", None, 2), ("int8", None, 10), ("fp32", 4, 1)):
+        nhwc = model.deployable("nhwc", precision=precision, filter_block=block)
+        torch.testing.assert_close(nhwc(x), model(x), rtol=1e-4, atol=1e-5)
+        assert nhwc.geometry["filter_phases"] == phases  # 100 outputs read, even filters too
+        assert nhwc.filterbank_weight.shape[:3] == (phases * n_f, phases * stride, 1)  # (pF, b, 1, J)
     assert nhwc.envelope_weight.shape == (n_f, model.envelope.kernel_size[1] * n_f, 1, 1)
+    assert (_filter_phases(101, 4, 40), _filter_phases(100, 4, 40), _filter_phases(100, 8, 4)) == (1, 10, 1)
     with pytest.raises(ConfigError):
         model.deployable("nwhc")
+    with pytest.raises(ConfigError):
+        model.deployable("nhwc", filter_block=0)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"input_mix": True}, {"compress_hidden": 2},
