@@ -13,7 +13,9 @@ and threshold on the validation subjects only) with one change to `FinetuneConfi
   of the per-electrode pooled head;
 - ``ls0.1``: label smoothing 0.1;
 - ``lr0.5``: half the learning rates (2.5e-5 backbone, 5e-5 head): the selected epochs come
-  early, so smaller steps might overfit the training subjects later.
+  early, so smaller steps might overfit the training subjects later;
+- ``lr2``: twice the learning rates (1e-4 backbone, 2e-4 head: CBraMod's own backbone rate);
+- ``ep16``: 16 epochs instead of 8 (the cosine schedule stretched over them).
 
 ``base`` is the unchanged recipe's row as committed in `results/cv_benchmark.json` (the
 `teacher` row; not re-run here). Each run writes OUT/VARIANT/fold{k}/metrics.json; a re-run
@@ -31,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
             "mean-head": {"head": "mean"}, "ls0.1": {"label_smoothing": 0.1},
-            "lr0.5": {"lr": 2.5e-5, "lr_head": 5e-5}}
+            "lr0.5": {"lr": 2.5e-5, "lr_head": 5e-5}, "lr2": {"lr": 1e-4, "lr_head": 2e-4},
+            "ep16": {"epochs": 16}}
 SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
 
 
@@ -49,7 +52,7 @@ def run_one(job: tuple) -> None:
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
     finetune(REPO / "dlink/pretrained/cbramod-small-eegmat", windows, split, out,
-             FinetuneConfig(epochs=8, seed=k, **VARIANTS[variant]))
+             FinetuneConfig(**{"epochs": 8, "seed": k, **VARIANTS[variant]}))
 
 
 def _test(path: Path) -> dict:
