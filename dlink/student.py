@@ -305,16 +305,11 @@ class EEGMiC(nn.Module):
             raise ConfigError(f"filter_block must be >= 1 sample, got {filter_block}.")
         geometry = {**self.deployed_geometry(), "layout": layout}
         if layout == "nhwc":
-            block = filter_block or NHWC_FILTER_BLOCK[precision]
-            geometry["filter_outputs"] = n_out = self.filter_outputs_read()
-            geometry["filter_phases"] = _filter_phases(n_out, geometry["filter_stride"][1], block)
+            stride = geometry["filter_stride"][1]
+            geometry["filter_phases"] = _filter_phases(self.n_times // stride, stride,
+                                                       filter_block or NHWC_FILTER_BLOCK[precision])
         with torch.no_grad():
             return _DeployedMiC(self.deployed_weights(), geometry)
-
-    def filter_outputs_read(self) -> int:
-        """T': the filter-bank outputs the envelope reads, N patches of P / stride each (an
-        even filter length gives the strided conv one output more, which nothing reads)."""
-        return self.n_patches * self.envelope.stride[1]
 
     def deployed_weights(self) -> dict[str, torch.Tensor]:
         """The deployed graph's weights (`deployed_forward`), differentiable functions of this
@@ -353,7 +348,6 @@ class EEGMiC(nn.Module):
         """Strides, paddings and sizes `deployed_forward` needs besides the weights."""
         fb, ctx, tmp = self.filterbank[0], self.context[0], self.temporal[0]
         return {"filter_stride": fb.stride, "filter_padding": fb.padding,
-                "filter_length": fb.kernel_size[1],
                 "per_patch": self.envelope.stride, "n_bands": self.envelope.out_channels,
                 "context_padding": ctx.padding, "temporal_stride": tmp.stride,
                 "temporal_padding": tmp.padding, "width": self.feature[0].out_channels,
@@ -485,7 +479,9 @@ def _filterbank(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, g: di
     phases = g.get("filter_phases", 1)
     block = phases * s
     n_b, n_c, n_t = x.shape
-    n_out = g["filter_outputs"]  # the strided conv's outputs the envelope reads (T / s)
+    # the envelope reads T / s outputs (N patches of P / s); an even filter length gives the
+    # strided conv one more, after the last patch, which nothing reads
+    n_out = n_t // s
     n_u = n_out // phases  # block positions
     n_blocks = n_u + weight.shape[-1] - 1  # output u reads blocks u .. u + J - 1
     extra = n_blocks * block - (n_t + 2 * p)  # > 0: zeros that only zero taps reach; < 0: unread

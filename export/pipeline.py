@@ -347,16 +347,12 @@ class _Exporter:
         self.tflite_io = io_dtype
         fp32, int8 = self.stage / FILES["fp32_tflite"], self.stage / FILES["int8_tflite"]
         with self.steps.step("converting fp32 TFLite (litert-torch)"):
-            self._tool("litert-torch conversion", tflite_export.convert_fp32,
-                       self.deploy_nhwc["fp32"], self.sample, fp32)
-            conv_err = float(np.abs(tflite_export.run(fp32, self.X) - self.ref).max())
+            conv_err = self._convert_tflite(self.deploy_nhwc["fp32"], fp32)
             source, source_err = fp32, conv_err  # the fp32 graph the int8 file is quantised from
             # EEG-MiC: a wider filter-bank block for int8 (`_graph_note` spells the geometry)
             if _graph_note(self.deploy_nhwc["int8"]) != _graph_note(self.deploy_nhwc["fp32"]):
                 source = self.work / "model.fp32.for-int8.tflite"  # not shipped
-                self._tool("litert-torch conversion", tflite_export.convert_fp32,
-                           self.deploy_nhwc["int8"], self.sample, source)
-                source_err = float(np.abs(tflite_export.run(source, self.X) - self.ref).max())
+                source_err = self._convert_tflite(self.deploy_nhwc["int8"], source)
         with self.steps.step("quantising int8 TFLite (ai-edge-quantizer)"):
             quant = self._tool("ai-edge-quantizer", tflite_export.quantize_int8, source, int8,
                                self.calib, io_dtype)
@@ -377,6 +373,12 @@ class _Exporter:
                                    "quantization": quant,
                                    "graphs": {FILES[f"{p}_tflite"]: _graph_note(self.deploy_nhwc[p])
                                               for p in ("fp32", "int8")}}
+
+    def _convert_tflite(self, graph: nn.Module, path: Path) -> float:
+        """Convert ``graph`` to an fp32 TFLite file at ``path``; its largest logit difference
+        from the PyTorch model on the gate's windows."""
+        self._tool("litert-torch conversion", tflite_export.convert_fp32, graph, self.sample, path)
+        return float(np.abs(tflite_export.run(path, self.X) - self.ref).max())
 
     def c_files(self) -> None:
         signal = self.model.signal
