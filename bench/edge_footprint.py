@@ -50,6 +50,35 @@ def profile(model_dir: Path, backend: str, args) -> dict:
     return json.loads(out.stdout)
 
 
+FLOOR_CODE = {  # the least any Python program pays to run the artifact: no edge_runtime
+    "onnx": ("import numpy as np, onnxruntime as ort\n"
+             "o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1\n"
+             "o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL\n"
+             "s = ort.InferenceSession(PATH, sess_options=o, providers=['CPUExecutionProvider'])\n"
+             "i = s.get_inputs()[0]\n"
+             "s.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], "
+             "np.float32)})\n"),
+    "tflite": ("import numpy as np\n"
+               "from ai_edge_litert.interpreter import Interpreter\n"
+               "it = Interpreter(model_path=PATH, num_threads=1); it.allocate_tensors()\n"
+               "d = it.get_input_details()[0]\n"
+               "it.set_tensor(d['index'], np.zeros(d['shape'], d['dtype'])); it.invoke()\n"),
+}
+
+
+def floor_rss_mb(artifact: Path, backend: str) -> float:
+    """VmHWM (MiB) of a fresh interpreter that imports numpy and the backend, loads the
+    artifact with the backend's own API and runs one window: the part of the runtime's peak
+    RSS that no Python runtime of this backend can avoid here."""
+    code = (FLOOR_CODE[backend].replace("PATH", repr(str(artifact)))
+            + "print([l.split()[1] for l in open('/proc/self/status') "
+              "if l.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"edge_footprint: the floor measurement failed:\n{out.stderr}")
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def with_highpass(model_dir: Path, dest: Path) -> Path:
     """Copy of the folder whose manifest filters first: 2nd-order Butterworth high-pass."""
     from scipy.signal import butter
@@ -103,15 +132,17 @@ def write_results(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
         f"Written by `{report['command']}` on {report['machine']} (Python {report['python']}, "
         f"one thread; a shared 2-core machine, so times are medians and ratios from one "
         f"run).\n",
-        "| backend | preprocessing | peak RSS (goal) | decision / model p50 (goal 1.2) | model "
-        "p50 | decision p50 | cold start (goal 1 s) | its CPU time | imports (CPU) | `run` RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | preprocessing | peak RSS (goal) | of which floor | decision / model p50 "
+        "(goal 1.2) | model p50 | decision p50 | cold start (goal 1 s) | its CPU time | imports "
+        "(CPU) | `run` RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         rss_goal = GOALS["rss_mb"][row["backend"]]
         lines.append(
             f"| {row['backend']} | {row['preprocessing']} | {row['peak_rss_mb']:.1f} MB "
-            f"({rss_goal:g}) | {row['decision_ratio']:.3f} | {row['model_p50_ms']:.3f} ms | "
+            f"({rss_goal:g}) | {row['floor_rss_mb']:.1f} MB | {row['decision_ratio']:.3f} | "
+            f"{row['model_p50_ms']:.3f} ms | "
             f"{row['decision_p50_ms']:.3f} ms | {row['cold_start_s'] * 1e3:.0f} ms | "
             f"{_ms(row['cold_start_cpu_s'])} | {row['import_s'] * 1e3:.0f} ms "
             f"({_ms(row['import_cpu_s'])}) | {row['run_peak_rss_mb']:.1f} MB |")
@@ -121,6 +152,11 @@ def write_results(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
         "(interpreter, numpy, one backend, the model, the stream buffers, the profiler's "
         "windows); `run` RSS is the VmHWM of a real `dlink-edge run --stdin` at its first "
         "decision, which also holds the CLI's typer (and the pydantic it needs) and rich. "
+        "Floor: the VmHWM of a fresh interpreter that imports numpy and the backend, loads "
+        "the same artifact with the backend's own API (no `edge_runtime`) and runs one "
+        "window of zeros: what any Python program running this file with this backend pays "
+        "here; peak RSS minus floor is what the runtime and the profiler add (modules, "
+        "stream buffers, the profiler's windows). "
         "Cold start: process start of `dlink-edge run --stdin` to its first decision line "
         f"(median of {report['cold_runs']}), wall clock and the CPU time the process had "
         "used by then (what the wall time would be on an idle core: on this shared machine "
@@ -159,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                             with_highpass(args.model_dir, Path(tmp) / "highpass")))
         for label, folder in folders:
             for backend in args.backends:
-                row = summary(profile(folder, backend, args))
+                rep = profile(folder, backend, args)
+                row = summary(rep)
                 row["preprocessing"] = label
+                row["floor_rss_mb"] = floor_rss_mb(folder / rep["artifact"], backend)
                 rows.append(row)
                 print(f"{backend:6s} {label:28s} rss {row['peak_rss_mb']:.1f} MB  ratio "
                       f"{row['decision_ratio']:.3f}  cold {row['cold_start_s']:.3f} s",

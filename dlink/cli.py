@@ -324,6 +324,11 @@ def distill(
         help="Weight of the router's target probe: a linear classifier of the routed teacher "
         "target whose CE rewards class-discriminative layer mixes (default: the method's, 0.5).",
         show_default=False)] = None,
+    router_mi: Annotated[float | None, typer.Option(
+        help="Weight of the router's reward for input-conditioned routing: the mutual "
+        "information between the window and the layer it is routed to (0 for one mix for "
+        "every window; log L when windows commit to different layers) (default: the "
+        "method's, 0.1).", show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Weight of the feature-mimic MSE (default: the method's, 1.0).", show_default=False)] = None,
     lambda_mag: Annotated[float | None, typer.Option(
@@ -358,8 +363,8 @@ def distill(
     _threads()
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed,
-                        router_tau=router_tau, router_ce=router_ce, alpha=alpha, lambda_mag=lambda_mag,
-                        lambda_phase=lambda_phase, qat_epochs=qat_epochs,
+                        router_tau=router_tau, router_ce=router_ce, router_mi=router_mi, alpha=alpha,
+                        lambda_mag=lambda_mag, lambda_phase=lambda_phase, qat_epochs=qat_epochs,
                         qat_envelope_quantile=qat_envelope_quantile)
     metrics = run(teacher, windows, split, out, cfg)
     _print_metrics(f"{preset} ({method})", metrics)

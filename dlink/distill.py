@@ -79,6 +79,8 @@ class DistillConfig(TrainConfig):
     lambda_mag: float | None = None  # λ1, spectral magnitude weight (None: preset)
     lambda_phase: float | None = None  # λ2, spectral phase weight (None: preset)
     router_ce: float | None = None  # weight of the router's target-probe CE (None: preset)
+    router_mi: float | None = None  # weight of the router's input-layer mutual information,
+    # a reward against a router that gives every window the same mix (None: preset)
     gain_jitter: float = 0.0  # training windows are scaled by exp(N(0, gain_jitter^2)): amplitude
     # differences between people (skull, impedance) should not decide the class; 0: off
     tune_threshold: bool = True  # two classes: shift class 1's logit (the classifier bias) by
@@ -157,7 +159,8 @@ class DistillObjective(torch.nn.Module):
         routed = self.router(list(layers.float().unbind(1))) if needs_target else None
         terms = distill_loss(self.loss, logits, y, feats, routed.features if routed else None, t_logits,
                              class_weight=self.class_weight, decoder=self.decoder,
-                             probe_logits=routed.probe_logits if routed else None)
+                             probe_logits=routed.probe_logits if routed else None,
+                             router_weights=routed.weights if routed else None)
         terms["loss"] = terms.pop("total")
         return terms
 
@@ -172,7 +175,7 @@ def _jitter(x: Tensor, sigma: float) -> Tensor:
 def loss_overrides(cfg: DistillConfig) -> dict:
     """The `DistillLoss` fields a config sets (None fields keep the method's preset)."""
     fields = {"alpha": cfg.alpha, "lambda_mag": cfg.lambda_mag, "lambda_phase": cfg.lambda_phase,
-              "router_ce": cfg.router_ce}
+              "router_ce": cfg.router_ce, "router_mi": cfg.router_mi}
     return {k: v for k, v in fields.items() if v is not None}
 
 

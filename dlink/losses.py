@@ -1,7 +1,7 @@
 """DLink training losses: CE, feature mimic, spectral (magnitude + phase), logit KD.
 
 ``total = CE + alpha * mimic + lambda_mag * mag + lambda_phase * phase + kd_weight * kd
-          + router_ce * CE(target probe)``
+          + router_ce * CE(target probe) - router_mi * I(window; layer)``
 
 The student's mimic representation and the routed teacher target are both (B, C, N, d):
 one d-wide token per channel and 1-s patch. Where the spectral terms look
@@ -51,10 +51,12 @@ class DistillLoss:
     spectral_axis: Literal["decoded", "patch", "feature"] = "decoded"  # see the module docstring
     band_hz: tuple[float, float] = (1.0, 45.0)  # bins compared on the decoded axis
     router_ce: float = 0.5  # weight of the routed target's probe CE (learned routers only)
+    router_mi: float = 0.1  # weight of the router's input-layer mutual information, a reward
+    # (`router_mutual_information`; learned routers only, zero for a static one)
     eps: float = 1e-8  # guards magnitudes and phase cosines against division by zero
 
     def __post_init__(self):
-        for name in ("alpha", "lambda_mag", "lambda_phase", "kd_weight", "router_ce"):
+        for name in ("alpha", "lambda_mag", "lambda_phase", "kd_weight", "router_ce", "router_mi"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"DistillLoss.{name} must be >= 0, got {getattr(self, name)}.")
         if self.kd_tau <= 0:
@@ -214,6 +216,23 @@ def spectral_agreement(student: torch.Tensor, teacher: torch.Tensor, decoder: De
             "phase_agreement": (w * cos).sum(0).numpy()}
 
 
+def router_mutual_information(weights: torch.Tensor) -> torch.Tensor:
+    """Mutual information between the window and the layer a router picks, in nats.
+
+    ``weights`` (B, L) rows on the simplex, read as p(layer | window) for the B windows of a
+    batch: ``I = H(mean_b w_b) - mean_b H(w_b)``, between 0 and log L. It is 0 for a static
+    router (every row the same, whatever its mix) and log L when every window commits to
+    one layer and the batch uses all layers equally: the quantity mixture-of-experts
+    gating rewards against gate collapse. As a reward (``router_mi``) it asks the router to
+    send different windows to different layers; the target probe still decides which.
+    """
+    w = weights.clamp_min(1e-12)
+    mean = w.mean(dim=0)
+    h_mean = -(mean * mean.log()).sum()
+    mean_h = -(w * w.log()).sum(dim=1).mean()
+    return h_mean - mean_h
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """Hinton KD: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))``, batch mean; (B, K)."""
     _same_shape(student_logits, teacher_logits, "kd_loss")
@@ -236,6 +255,7 @@ def distill_loss(
     class_weight: torch.Tensor | None = None,
     decoder: Decoder | None = None,
     probe_logits: torch.Tensor | None = None,
+    router_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All DLink loss terms and their weighted total.
 
@@ -250,12 +270,15 @@ def distill_loss(
     class_weight : optional (K,) weights of the cross-entropy (imbalanced classes).
     decoder : the teacher's token decoder, needed for ``spectral_axis="decoded"``.
     probe_logits : (B, K) the router's target-probe logits (`RoutedFeatures.probe_logits`).
+    router_weights : (B, L) the router's layer weights (`RoutedFeatures.weights`), needed
+        when ``cfg.router_mi > 0``.
 
     Returns
     -------
     dict[str, torch.Tensor]
-        Scalars ``ce``, ``mimic``, ``mag``, ``phase``, ``kd``, ``router_ce`` (unweighted;
-        zero when the term is off) and ``total`` (weighted sum; the one to backpropagate).
+        Scalars ``ce``, ``mimic``, ``mag``, ``phase``, ``kd``, ``router_ce``, ``router_mi``
+        (unweighted; zero when the term is off) and ``total`` (weighted sum; the one to
+        backpropagate; ``router_mi`` is a reward and enters it with a minus sign).
     """
     zero = logits.new_zeros(())
     terms = {
@@ -266,6 +289,7 @@ def distill_loss(
         "phase": zero,
         "kd": zero,
         "router_ce": zero,
+        "router_mi": zero,
     }
     if cfg.needs_features:
         if student_feats is None or teacher_feats is None:
@@ -298,6 +322,8 @@ def distill_loss(
         terms["kd"] = kd_loss(logits, teacher_logits, cfg.kd_tau)
     if cfg.router_ce > 0 and probe_logits is not None:
         terms["router_ce"] = F.cross_entropy(probe_logits, labels, weight=class_weight)
+    if cfg.router_mi > 0 and router_weights is not None:
+        terms["router_mi"] = router_mutual_information(router_weights)
     terms["total"] = (
         terms["ce"]
         + cfg.router_ce * terms["router_ce"]
@@ -305,6 +331,7 @@ def distill_loss(
         + cfg.lambda_mag * terms["mag"]
         + cfg.lambda_phase * terms["phase"]
         + cfg.kd_weight * terms["kd"]
+        - cfg.router_mi * terms["router_mi"]
     )
     return terms
 

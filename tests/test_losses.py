@@ -15,6 +15,7 @@ from dlink.losses import (
     distill_loss,
     kd_loss,
     mimic_loss,
+    router_mutual_information,
     spectral_agreement,
     spectral_loss,
     spectral_terms_from_spectra,
@@ -77,18 +78,33 @@ def test_kd_is_zero_for_identical_logits_and_scaled_by_tau_squared():
 
 
 def test_total_is_the_weighted_sum_of_named_terms():
-    cfg = build_loss("dlink-kd", alpha=2.0, lambda_mag=0.3, lambda_phase=0.7, label_smoothing=0.1)
     logits, labels = torch.randn(B, K, requires_grad=True), torch.tensor([0, 1])
     s = _feats(1).requires_grad_()
+    cfg = build_loss("dlink-kd", alpha=2.0, lambda_mag=0.3, lambda_phase=0.7, label_smoothing=0.1,
+                     router_mi=0.4)
+    weights = torch.softmax(torch.randn(B, 6), dim=1)
     terms = distill_loss(cfg, logits, labels, s, _feats(2), teacher_logits=torch.randn(B, K),
-                         decoder=_decoder(D))
-    assert set(terms) == {"ce", "mimic", "mag", "phase", "kd", "router_ce", "total"}
+                         decoder=_decoder(D), router_weights=weights)
+    assert set(terms) == {"ce", "mimic", "mag", "phase", "kd", "router_ce", "router_mi", "total"}
+    assert terms["router_mi"].item() > 0
     expected = (
         terms["ce"] + 2.0 * terms["mimic"] + 0.3 * terms["mag"] + 0.7 * terms["phase"] + terms["kd"]
+        - 0.4 * terms["router_mi"]
     )
     torch.testing.assert_close(terms["total"], expected)
     terms["total"].backward()
     assert s.grad is not None and logits.grad is not None
+
+
+def test_router_mutual_information_is_zero_for_one_mix_and_log_l_for_committed_windows():
+    L = 6
+    static = torch.softmax(torch.randn(L), dim=0).expand(8, L)  # any mix, the same for all
+    assert router_mutual_information(static).item() == pytest.approx(0.0, abs=1e-6)
+    committed = torch.eye(L)  # each window on its own layer, every layer used once
+    assert router_mutual_information(committed).item() == pytest.approx(math.log(L), rel=1e-5)
+    # in between: the same windows, softened, carry less information about their layer
+    soft = 0.7 * committed + 0.3 / L
+    assert 0 < router_mutual_information(soft).item() < math.log(L)
 
 
 def test_ce_preset_needs_no_teacher_and_missing_inputs_are_explained():

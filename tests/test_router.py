@@ -111,3 +111,33 @@ def test_target_probe_makes_the_router_pick_the_task_layer_per_input():
     assert w.std(dim=0).mean() >= 0.02
     assert w[group == 0, 1].mean() > w[group == 1, 1].mean()
     assert w[group == 1, 3].mean() > w[group == 0, 3].mean()
+
+
+def test_mutual_information_reward_undoes_a_collapse_onto_one_layer():
+    """A router that sends every window to one layer (a static mix in practice) moves to
+    per-window choices when rewarded with `router_mutual_information`, the term of
+    ``DistillLoss.router_mi``; the shallow layer still tells the windows apart."""
+    from dlink.losses import router_mutual_information
+
+    torch.manual_seed(0)
+    n, c, n_p, d = 128, 2, 2, 8
+    group = torch.arange(n) % 2
+    layers = [torch.randn(n, c, n_p, d) for _ in range(L)]
+    layers[0] = layers[0] + (2.0 * group - 1.0)[:, None, None, None]
+    router = build_router("router", L, d, hidden=16)
+    with torch.no_grad():
+        router.mlp[-1].bias[1] = 8.0  # collapsed: ~all weight on layer 1 for every window
+    router.eval()
+    before = router(layers).weights.detach()
+    assert before[:, 1].min() > 0.99 and router_mutual_information(before) < 0.01
+    router.train()
+    opt = torch.optim.Adam(router.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = -router_mutual_information(router(layers).weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    router.eval()
+    after = router(layers).weights.detach()
+    assert router_mutual_information(after) > 0.3
+    assert after.std(dim=0).mean() > 10 * before.std(dim=0).mean()
