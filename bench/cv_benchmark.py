@@ -652,7 +652,9 @@ def main() -> None:
     p.add_argument("--student", default="mic-s", help="student preset of the distilled rows")
     p.add_argument("--qat-epochs", type=int, default=3, help="int8-aware phase of the dlink-qat row")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold of the --seeded-rows")
-    p.add_argument("--seeded-rows", default="dlink,no-kd", help="rows run with --seeds seeds")
+    p.add_argument("--seeded-rows", default="dlink,no-kd,shallowconvnet",
+                   help="rows run with --seeds seeds (DLink, the student alone and the strongest "
+                   "trained baseline)")
     p.add_argument("--latency-repeats", type=int, default=50)
     p.add_argument("--only-teacher", action="store_true", help="run the teacher and band-power rows only")
     p.add_argument("--tables-only", action="store_true", help="skip training, rewrite tables")
