@@ -30,7 +30,7 @@ from dlink.data import Split, Windows
 from dlink.errors import ConfigError
 from dlink.losses import Decoder, build_loss, distill_loss
 from dlink.metrics import compute_metrics, selection_metric, tune_threshold
-from dlink.router import build_router
+from dlink.router import LayerRouter, build_router
 from dlink.student import build_student, load_student, save_student
 from dlink.teacher import load_teacher, patchify
 from dlink.training import TrainConfig, class_weights, predict_logits, train_loop
@@ -160,7 +160,11 @@ class DistillObjective(torch.nn.Module):
         terms = distill_loss(self.loss, logits, y, feats, routed.features if routed else None, t_logits,
                              class_weight=self.class_weight, decoder=self.decoder,
                              probe_logits=routed.probe_logits if routed else None,
-                             router_weights=routed.weights if routed else None)
+                             # only a per-input router has a window-layer information to
+                             # reward; a static mix's is zero, and its float residue would
+                             # still move Adam's steps
+                             router_weights=routed.weights
+                             if isinstance(self.router, LayerRouter) else None)
         terms["loss"] = terms.pop("total")
         return terms
 

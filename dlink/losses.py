@@ -270,8 +270,8 @@ def distill_loss(
     class_weight : optional (K,) weights of the cross-entropy (imbalanced classes).
     decoder : the teacher's token decoder, needed for ``spectral_axis="decoded"``.
     probe_logits : (B, K) the router's target-probe logits (`RoutedFeatures.probe_logits`).
-    router_weights : (B, L) the router's layer weights (`RoutedFeatures.weights`), needed
-        when ``cfg.router_mi > 0``.
+    router_weights : (B, L) the layer weights of a per-input router (`RoutedFeatures.weights`);
+        the ``router_mi`` reward is computed only when they are given.
 
     Returns
     -------

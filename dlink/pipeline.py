@@ -183,7 +183,8 @@ class Pipeline:
         teacher_key = _hash(data_key, _file_sha(weights), cfg.teacher_epochs, cfg.seed)
         self.stage("teacher", teacher_key, [self.out / "teacher"], lambda: self._teacher(
             backbone, windows, split))
-        student_key = _hash(teacher_key, cfg.student, cfg.method, cfg.student_epochs, cfg.qat_epochs)
+        student_key = _hash(teacher_key, cfg.student, cfg.method, cfg.student_epochs, cfg.qat_epochs,
+                            _loss_key(cfg.method))
         self.stage("student", student_key, [self.out / "student"], lambda: self._student(windows, split))
         if cfg.ablation:  # the same student without the spectral terms (report: spectra)
             self.stage("ablation", _hash(student_key, "no-spectral"), [self.out / "student_no_spectral"],
@@ -376,6 +377,17 @@ def _changed_settings(saved: dict | None, now: dict) -> str:
 
 def _default_backbone() -> Path:
     return Path(__file__).parent / "pretrained" / "cbramod-small-eegmat"
+
+
+def _loss_key(method: str) -> str:
+    """The resolved loss of a distillation method, so that a changed default (a new term, a
+    new weight) re-trains the student instead of reusing one trained under the old loss."""
+    from dlink.distill import METHODS
+    from dlink.losses import build_loss
+
+    if method not in METHODS:
+        return method
+    return json.dumps(build_loss(METHODS[method].loss).to_dict(), sort_keys=True)
 
 
 def resolve_config(preset: str, **overrides) -> PipelineConfig:

@@ -97,7 +97,7 @@ def measure(files: dict[str, Path], x: np.ndarray, repeats: int = REPEATS) -> di
     for runtime, by_precision in files.items():
         runners = {p: makers[runtime](Path(f), x) for p, f in by_precision.items()}
         ms = _median_ms(runners, repeats)
-        entry = {"median_ms": {p: round(v, 4) for p, v in ms.items()}}
+        entry = {"median_ms": {p: round(v, 6) for p, v in ms.items()}}
         if {"fp32", "int8"} <= set(ms):
             entry["int8_over_fp32"] = round(ms["int8"] / ms["fp32"], 3)
             entry["use_on_this_cpu"] = "int8" if ms["int8"] <= ms["fp32"] else "fp32"
