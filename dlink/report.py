@@ -310,10 +310,12 @@ def _router_section(ctx: _Context) -> str:
             title="per-window weights")
     fig.colorbar(im, ax=ax2, fraction=0.05)
     img = ctx.figure(fig, "router_weights", "router weights per layer and class")
-    logw = np.log(np.clip(w, 1e-12, None))
-    entropy = float(-(w * logw).sum(1).mean())
-    mean = w.mean(0)
-    mutual_info = float(-(mean * np.log(np.clip(mean, 1e-12, None))).sum()) - entropy
+    import torch
+
+    from dlink.losses import router_mutual_information
+
+    entropy = float(-(w * np.log(np.clip(w, 1e-12, None))).sum(1).mean())
+    mutual_info = float(router_mutual_information(torch.from_numpy(w)))  # what training rewards
     rows = [[name, *(f"{v:.3f}" for v in w[y == k].mean(0))] for k, name in enumerate(names)
             if (y == k).any()]
     return (img + _table(["class", *(f"layer {i}" for i in layers)], rows)
