@@ -31,8 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER_ROWS = ["teacher", "teacher-scratch"]
 STUDENT_ROWS = ["no-kd", "logit-kd", "fitnet", "layer-avg", "static-weights", "dlink-no-spectral",
                 "dlink", "dlink-qat"]
-SCRATCH_ROWS = ["eegnet", "shallowconvnet"]
-INT8_ROWS = {"dlink-int8-ptq": "dlink", "dlink-int8-qat": "dlink-qat"}  # row -> exported row
+# shallowconvnet-relu6: ShallowConvNet with ReLU6 for square and log, the int8-deployable form
+SCRATCH_ROWS = ["eegnet", "shallowconvnet", "shallowconvnet-relu6"]
+INT8_ROWS = {"dlink-int8-ptq": "dlink", "dlink-int8-qat": "dlink-qat",
+             "shallowconvnet-relu6-int8": "shallowconvnet-relu6"}  # row -> exported row
 ALL_ROWS = [*TEACHER_ROWS, "bandpower-lr", *SCRATCH_ROWS, *STUDENT_ROWS, *INT8_ROWS]
 ANCHORS = {"CBraMod (published, EEGMAT)": 0.7256, "LaBraM-Base (published)": 0.6909,
            "EEGNet (published)": 0.6770}
@@ -41,7 +43,7 @@ ANCHORS = {"CBraMod (published, EEGMAT)": 0.7256, "LaBraM-Base (published)": 0.6
 # the order a fold runs them in: what the issues' claims rest on first, so that a benchmark
 # stopped early has the rows that matter
 RUN_ORDER = ["dlink", "no-kd", "shallowconvnet", "eegnet", "static-weights", "dlink-no-spectral",
-             "fitnet", "layer-avg", "logit-kd", "dlink-qat"]
+             "fitnet", "layer-avg", "logit-kd", "dlink-qat", "shallowconvnet-relu6"]
 
 
 def _teacher_row(fold_dir: Path, row: str, windows, split, k: int, args, log) -> None:
@@ -251,6 +253,7 @@ def measure_latency(repeats: int = 50, rounds: int = 10) -> dict:
         "mic-s": (build_student("mic-s", sig, 2).eval(), x),
         "eegnet": (build_student("eegnet", sig, 2).eval(), x),
         "shallowconvnet": (build_student("shallowconvnet", sig, 2).eval(), x),
+        "shallowconvnet-relu6": (build_student("shallowconvnet-relu6", sig, 2).eval(), x),
     }
     with tempfile.TemporaryDirectory() as tmp:
         sessions = _ort_sessions(models, Path(tmp))
@@ -377,18 +380,18 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
     sig = SignalSpec(tuple(f"c{i}" for i in range(19)), 200.0, 1000)
     x = torch.randn(1, 19, 1000)
     size = {}
-    for name in [args.student, "eegnet", "shallowconvnet"]:
+    for name in [args.student, *SCRATCH_ROWS]:
         m = build_student(name, sig, 2)
         size[name] = (count_parameters(m), count_macs(m, x))
     for preset in ["small", "base"]:
         t = create_teacher(preset, n_outputs=2, head="channel", n_chans=19)
         size[f"cbramod-{preset}"] = (count_parameters(t), count_macs(t, x.reshape(1, 19, 5, 200)))
-    student_rows = STUDENT_ROWS + list(INT8_ROWS)
-    model_of = {"teacher": "cbramod-small", "teacher-scratch": "cbramod-small", "eegnet": "eegnet",
-                "shallowconvnet": "shallowconvnet", **{r: args.student for r in student_rows}}
+    student_rows = STUDENT_ROWS + [r for r, src in INT8_ROWS.items() if src not in SCRATCH_ROWS]
+    model_of = {"teacher": "cbramod-small", "teacher-scratch": "cbramod-small",
+                **{r: r for r in SCRATCH_ROWS}, **{r: args.student for r in student_rows},
+                **{r: src for r, src in INT8_ROWS.items() if src in SCRATCH_ROWS}}
     lat_of = {"teacher": "teacher (cbramod-small)", "teacher-scratch": "teacher (cbramod-small)",
-              "eegnet": "eegnet", "shallowconvnet": "shallowconvnet",
-              **{r: args.student for r in student_rows}}
+              **{r: model_of[r] for r in (*SCRATCH_ROWS, *student_rows, *INT8_ROWS)}}
     summary, lines = {}, []
     for row in ALL_ROWS:
         folds = rows[row]
@@ -434,7 +437,7 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
 
     paired_lines = []
     for other in ["no-kd", "logit-kd", "fitnet", "layer-avg", "static-weights", "dlink-no-spectral",
-                  "eegnet", "shallowconvnet", "bandpower-lr", "teacher"]:
+                  "eegnet", "shallowconvnet", "shallowconvnet-relu6", "bandpower-lr", "teacher"]:
         d = paired("dlink", other)
         if d:
             paired_lines.append(f"| dlink − {other} | {d[0]:+.3f} | {d[1]:.3f} | {d[2]} / {d[3]} |")
@@ -591,7 +594,8 @@ Training and validation curves of every fold: `results/cv_teacher_curves.png`.
 {router_line}
 ## int8: post-training quantisation vs int8-aware distillation
 
-Each fold's `dlink` and `dlink-qat` students exported by `dlink-export` (256 calibration
+Each fold's `dlink` and `dlink-qat` students, and its `shallowconvnet-relu6` baseline (not
+distilled: the int8-deployable ShallowConvNet, for reference), exported by `dlink-export` (256 calibration
 windows of the training subjects; ONNX for `arm`, 8-bit weights; TFLite with 16-bit
 logits), gated on the test subjects (the gate asks agreement ≥ 0.99, SQNR ≥ 30 dB, BAcc
 drop ≤ 0.01).

@@ -59,7 +59,9 @@ FLOOR_CODE = {  # the least any Python program pays to run the artifact: no edge
              "s.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], "
              "np.float32)})\n"),
     "tflite": ("import numpy as np\n"
-               "from ai_edge_litert.interpreter import Interpreter\n"
+               "try:\n    from ai_edge_litert.interpreter import Interpreter\n"
+               "except ImportError:  # the older package, as edge_runtime.backends falls back\n"
+               "    from tflite_runtime.interpreter import Interpreter\n"
                "it = Interpreter(model_path=PATH, num_threads=1); it.allocate_tensors()\n"
                "d = it.get_input_details()[0]\n"
                "it.set_tensor(d['index'], np.zeros(d['shape'], d['dtype'])); it.invoke()\n"),

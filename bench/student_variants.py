@@ -29,6 +29,9 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
 - ``f32``: 32 filter-bank bands instead of 16 (ShallowConvNet has 40 temporal filters);
 - ``ep30`` / ``ls0`` / ``lr5e-4``: 30 epochs instead of 12 / no label smoothing / peak
   learning rate 5e-4 instead of 2e-3; ``s16-w24-ep30``: ``s16-w24`` trained 30 epochs;
+- ``crop`` / ``crop-ep24``: every training window, each time it is drawn, shifted a random
+  0..T-1 samples into the next window of its recording (`DistillConfig.crop_jitter`), 12 /
+  24 epochs;
 - ``log`` / ``sqlog``: the log of each band amplitude / the log of each band's mean power
   (square instead of ReLU, as ShallowConvNet) -- patched, not shipped: what a log-power
   front end would be worth;
@@ -56,7 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", "drop0.5",
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
             "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs", "s8", "s16-w24", "f32",
-            "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30"]
+            "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
@@ -70,7 +73,8 @@ TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
             "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4},
-            "s16-w24-ep30": {"epochs": 30}}  # DistillConfig fields changed
+            "s16-w24-ep30": {"epochs": 30}, "crop": {"crop_jitter": True},
+            "crop-ep24": {"crop_jitter": True, "epochs": 24}}  # DistillConfig fields changed
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -205,16 +209,23 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(VARIANTS)}.")
+    cv_json = REPO / "results" / "cv_benchmark.json"  # the reference rows, read before training
+    if not cv_json.is_file():
+        raise SystemExit(f"student_variants: {cv_json} is missing; run bench/cv_benchmark.py first.")
+    cv = json.loads(cv_json.read_text())["summary"]
     jobs = [(v, k, s, args.out) for s in range(args.seeds) for v in variants for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))
-    table, summary = tables(Path(args.out), variants)
-    cv = json.loads((REPO / "results" / "cv_benchmark.json").read_text())["summary"]
+    table, summary = tables(Path(args.out), VARIANTS)  # every variant with 6 folds run so far
     doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `python bench/student_variants.py "
            f"--out {args.out} --seeds {args.seeds} --jobs {args.jobs}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "
            f"over {args.seeds} seeds; SQNR is the simulated int8 logit SQNR on the test subjects "
-           "(not computed for the patched variants eg2, eg3, log, sqlog). For comparison, ShallowConvNet "
+           f"(not computed for the patched variants {', '.join(PATCHED)}). For comparison, ShallowConvNet "
            f"scores {cv['shallowconvnet']['bacc'][0]:.3f} ({cv['shallowconvnet']['n_seeds']} seeds) and "
            f"band-power + LR {cv['bandpower-lr']['bacc'][0]:.3f} on the same folds "
            "(`results/cv_benchmark.md`).\n\n" + table + "\n")

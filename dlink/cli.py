@@ -308,7 +308,8 @@ def distill(
         typer.Option(
             "--preset",
             "--student",
-            help="Student preset (mic-xs, mic-s, mic-m) or baseline (eegnet, shallowconvnet).",
+            help="Student preset (mic-xs, mic-s, mic-m) or baseline (eegnet, shallowconvnet, "
+            "shallowconvnet-relu6: int8-deployable; baselines take --method no-kd or logit-kd).",
         ),
     ] = "mic-s",
     method: Annotated[
@@ -322,13 +323,13 @@ def distill(
         help="Router softmax temperature; below 1 sharpens the per-window layer mix.")] = 0.5,
     router_ce: Annotated[float | None, typer.Option(
         help="Weight of the router's target probe: a linear classifier of the routed teacher "
-        "target whose CE rewards class-discriminative layer mixes (default: the method's, 0.5).",
-        show_default=False)] = None,
+        "target whose CE rewards class-discriminative layer mixes (default: the method's, 0.5; "
+        "methods with a router only).", min=0.0, show_default=False)] = None,
     router_mi: Annotated[float | None, typer.Option(
         help="Weight of the router's reward for input-conditioned routing: the mutual "
         "information between the window and the layer it is routed to (0 for one mix for "
         "every window; log L when windows commit to different layers) (default: the "
-        "method's, 0.1).", show_default=False)] = None,
+        "method's, 0.1; dlink and dlink-no-spectral only).", min=0.0, show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Weight of the feature-mimic MSE (default: the method's, 1.0).", show_default=False)] = None,
     lambda_mag: Annotated[float | None, typer.Option(

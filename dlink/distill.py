@@ -30,8 +30,9 @@ from dlink.data import Split, Windows
 from dlink.errors import ConfigError
 from dlink.losses import Decoder, build_loss, distill_loss
 from dlink.metrics import compute_metrics, selection_metric, tune_threshold
+from dlink.nn_utils import lookup
 from dlink.router import LayerRouter, build_router
-from dlink.student import build_student, load_student, save_student
+from dlink.student import available_models, build_student, load_student, save_student
 from dlink.teacher import load_teacher, patchify
 from dlink.training import TrainConfig, class_weights, predict_logits, train_loop
 
@@ -65,7 +66,7 @@ METHODS: dict[str, Method] = {
 class DistillConfig(TrainConfig):
     """Distillation settings."""
 
-    student: str = "mic-s"  # a student preset or a baseline (eegnet, shallowconvnet)
+    student: str = "mic-s"  # a student preset or a baseline (eegnet, shallowconvnet, shallowconvnet-relu6)
     method: str = "dlink"  # a key of METHODS
     epochs: int = 30
     batch_size: int = 32
@@ -83,6 +84,10 @@ class DistillConfig(TrainConfig):
     # a reward against a router that gives every window the same mix (None: preset)
     gain_jitter: float = 0.0  # training windows are scaled by exp(N(0, gain_jitter^2)): amplitude
     # differences between people (skull, impedance) should not decide the class; 0: off
+    crop_jitter: bool = False  # each training window is replaced, every time it is drawn, by
+    # the window-long stretch that starts a random 0..T-1 samples later in the same recording
+    # (running into the next window): new phases of the same EEG, at no extra cost. Feature-
+    # mimic methods keep their cached teacher targets of the unshifted window
     tune_threshold: bool = True  # two classes: shift class 1's logit (the classifier bias) by
     # the amount that maximises validation BAcc, as the teacher's fine-tuning does; a model
     # selected on AUROC can rank well and still predict one class on unseen subjects
@@ -176,6 +181,44 @@ def _jitter(x: Tensor, sigma: float) -> Tensor:
     return x * torch.exp(sigma * torch.randn(len(x), 1, 1))
 
 
+def _check_router_options(cfg: DistillConfig, method: Method) -> None:
+    """A router weight given for a method whose router would not use it is an error, not a
+    silent no-op: the target probe needs a router (learned or static), the mutual-information
+    reward a learned one."""
+    for name, kinds in (("router_ce", ("router", "static")), ("router_mi", ("router",))):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}.")
+        if value and method.router not in kinds:
+            users = ", ".join(k for k, m in METHODS.items() if m.router in kinds)
+            raise ConfigError(f"{name}={value} has no effect with method {cfg.method!r}, which has "
+                              f"no {'learned ' if kinds == ('router',) else ''}router; use it with "
+                              f"{users}, or leave it out.")
+
+
+def successors(windows: Windows) -> np.ndarray:
+    """(n,) index of the window that directly follows each window in its recording, or -1.
+
+    Windows cut back to back from one recording (`dlink.data.edf.cut_windows`) lie in order,
+    and a recording is identified by its subject and label (one per subject and class, as
+    in EEGMAT)."""
+    same = (windows.subject[1:] == windows.subject[:-1]) & (windows.y[1:] == windows.y[:-1])
+    nxt = np.full(len(windows), -1)
+    nxt[:-1][same] = np.flatnonzero(same) + 1
+    return nxt
+
+
+def _crop(x: Tensor, b: np.ndarray, nxt: np.ndarray) -> Tensor:
+    """(B, C, T) windows ``b`` of ``x``, each shifted a random 0..T-1 samples into its
+    successor ``nxt[b]`` (torch's RNG); a window without a successor is kept as is."""
+    T = x.shape[-1]
+    has = nxt[b] >= 0
+    shift = torch.randint(0, T, (len(b),)) * torch.from_numpy(has)
+    pair = torch.cat([x[b], x[np.where(has, nxt[b], b)]], dim=-1)  # (B, C, 2T)
+    at = (torch.arange(T)[None, :] + shift[:, None])[:, None, :].expand(-1, x.shape[1], -1)
+    return pair.gather(-1, at)
+
+
 def loss_overrides(cfg: DistillConfig) -> dict:
     """The `DistillLoss` fields a config sets (None fields keep the method's preset)."""
     fields = {"alpha": cfg.alpha, "lambda_mag": cfg.lambda_mag, "lambda_phase": cfg.lambda_phase,
@@ -213,6 +256,12 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
     method = METHODS[cfg.method]
+    _check_router_options(cfg, method)
+    mimics = lookup(available_models(), cfg.student, "student").cls.mimics_teacher
+    if method.router and build_loss(method.loss, **loss_overrides(cfg)).needs_features and not mimics:
+        raise ConfigError(f"{cfg.student} has no teacher-shaped representation to mimic, which method "
+                          f"{cfg.method!r} trains; use method no-kd or logit-kd with it, or an EEG-MiC "
+                          "student (mic-xs, mic-s, mic-m).")
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)
@@ -238,12 +287,14 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
                          decoder=cache.decoder if cache is not None else None,
                          **loss_overrides(cfg)).to(dev))
     empty = torch.zeros(len(x), 0)
+    nxt = successors(windows)
 
     def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
         b = idx["train"][batch]
         layers = cache.layers[b] if cache is not None and method.router else empty[b]
         t_logits = cache.logits[b].to(dev) if cache is not None else None
-        terms = objective(_jitter(x[b], cfg.gain_jitter).to(dev), y[b].to(dev), layers.to(dev), t_logits)
+        xb = _crop(x, b, nxt) if cfg.crop_jitter else x[b]
+        terms = objective(_jitter(xb, cfg.gain_jitter).to(dev), y[b].to(dev), layers.to(dev), t_logits)
         if weight is not None:  # the CE is a weighted mean: normalise by the global sum of weights
             f = dist.share_of_total(float(weight[y[b]].sum()))
             if f != 1.0:

@@ -315,7 +315,8 @@ def _router_section(ctx: _Context) -> str:
     from dlink.losses import router_mutual_information
 
     entropy = float(-(w * np.log(np.clip(w, 1e-12, None))).sum(1).mean())
-    mutual_info = float(router_mutual_information(torch.from_numpy(w)))  # what training rewards
+    # what training rewards; >= 0 in exact arithmetic (float residue of a static mix: -0.000)
+    mutual_info = max(0.0, float(router_mutual_information(torch.from_numpy(w))))
     rows = [[name, *(f"{v:.3f}" for v in w[y == k].mean(0))] for k, name in enumerate(names)
             if (y == k).any()]
     return (img + _table(["class", *(f"layer {i}" for i in layers)], rows)

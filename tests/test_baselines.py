@@ -52,3 +52,21 @@ def test_baseline_saved_folder_records_arch_and_signal(tmp_path):
     loaded = load_student(tmp_path)
     assert isinstance(loaded, EEGNet) and loaded.config["arch"] == "eegnet"
     assert loaded.config["family"] == "baseline" and "d_teacher" not in loaded.config["kwargs"]
+
+
+def test_shallowconvnet_relu6_replaces_square_and_log_with_an_int8_op():
+    """The int8-deployable variant: the same layers and parameters, a ReLU6 amplitude
+    instead of the log power (bounded in [0, 6], what an int8 activation range holds)."""
+    paper = build_student("shallowconvnet", SIGNAL, 2)
+    relu6 = build_student("shallowconvnet-relu6", SIGNAL, 2)
+    assert relu6.power == "relu6" and relu6.config["kwargs"]["power"] == "relu6"
+    assert count_parameters(relu6) == count_parameters(paper)
+    relu6.load_state_dict(paper.state_dict())
+    x = 10 * torch.randn(3, SIGNAL.n_chans, SIGNAL.n_times)
+    feats = relu6.eval().forward_features(x)
+    assert feats.min() >= 0 and feats.max() <= 6
+    z = paper.eval().spatial(paper.temporal(x.unsqueeze(1)))  # the same band signals
+    torch.testing.assert_close(feats, paper.pool(z.clamp(0, 6)))
+    torch.testing.assert_close(paper.forward_features(x), paper.pool(z * z).clamp_min(1e-6).log())
+    with pytest.raises(ValueError, match="power must be one of"):
+        ShallowConvNet(n_chans=4, n_times=1000, n_outputs=2, power="abs")

@@ -52,14 +52,14 @@ def _synthetic_windows(n_subjects: int = 8, per_subject: int = 24, seed: int = 0
                    ch_names=list(SIGNAL.ch_names), class_names=CLASSES, name="synthetic")
 
 
-def _train_tiny_student(windows: Windows, train_subjects) -> torch.nn.Module:
+def _train_tiny_student(windows: Windows, train_subjects, name: str = "mic-xs") -> torch.nn.Module:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: threads only contend on a shared CPU
     try:
         torch.manual_seed(0)
         # The ±50 µV clamp is a preprocessing step of the signal (manifest "clip" op, applied
         # in float before the input is quantised), so the graph itself is full-integer.
-        model = build_student("mic-xs", CLIPPED, len(CLASSES), class_names=CLASSES)
+        model = build_student(name, CLIPPED, len(CLASSES), class_names=CLASSES)
         train = windows.of_subjects(train_subjects)
         X = torch.from_numpy(CLIPPED.to_model_units(train.X))
         y = torch.from_numpy(train.y)
@@ -469,20 +469,41 @@ def test_input_clip_is_a_runtime_step_and_the_tflite_graph_is_full_integer(expor
     assert tfl["gate"]["float_ops"] == []
 
 
-def test_an_envelope_ceiling_exports_full_integer_and_as_trained(assets, tmp_path):
-    """A student whose band amplitudes are clamped (what the int8-aware phase sets) exports
-    with no float op in the TFLite file, and its fp32 files compute the clamped model."""
-    student = load_student(assets["student"])
-    x = torch.from_numpy(CLIPPED.to_model_units(assets["test"].X))
-    student.set_envelope_ceiling(student.envelope_quantile(x, 0.9))  # binds on 10% of values
-    save_student(student, tmp_path / "student")
+def _export_full_integer(model, assets, tmp_path) -> tuple[dict, dict]:
+    """Save and export ``model`` (ONNX, TFLite; gate recorded, not enforced); check its fp32
+    ONNX against torch and that the int8 TFLite file has no float op. (manifest, artifacts)"""
+    save_student(model, tmp_path / "student")
     manifest = export_student(tmp_path / "student", tmp_path / "model", calib=assets["calib"],
                               holdout=assets["holdout"], formats=("onnx", "tflite"),
                               gate=GateThresholds(enforce=False))
     arts = {a["path"]: a for a in manifest["artifacts"]}
     assert arts["model.fp32.onnx"]["parity_vs_torch"]["passed"]
     assert arts["model.int8.tflite"]["gate"]["float_ops"] == []
+    return manifest, arts
+
+
+def test_an_envelope_ceiling_exports_full_integer_and_as_trained(assets, tmp_path):
+    """A student whose band amplitudes are clamped (what the int8-aware phase sets) exports
+    with no float op in the TFLite file, and its fp32 files compute the clamped model."""
+    student = load_student(assets["student"])
+    x = torch.from_numpy(CLIPPED.to_model_units(assets["test"].X))
+    student.set_envelope_ceiling(student.envelope_quantile(x, 0.9))  # binds on 10% of values
+    _, arts = _export_full_integer(student, assets, tmp_path)
     assert arts["model.int8.tflite"]["gate"]["agreement"] >= 0.9
+
+
+def test_int8_shallowconvnet_keeps_its_logits_at_higher_precision(assets, tmp_path):
+    """ShallowConvNet with ReLU6 (the int8-deployable baseline) exports full-integer with its
+    classifier as the logits layer the exporters keep at higher precision (float in ONNX,
+    16-bit in TFLite): an 8-bit classifier output saturated on new subjects' logits."""
+    model = _train_tiny_student(_synthetic_windows(), assets["split"].train,
+                                name="shallowconvnet-relu6")
+    manifest, arts = _export_full_integer(model, assets, tmp_path)
+    assert manifest["export"]["onnx"]["quantization"]["logits_layer"] == "float"
+    out = _interpreter(tmp_path / "model" / "model.int8.tflite").get_output_details()[0]
+    assert out["dtype"] == np.int16
+    for path in ("model.int8.onnx", "model.int8.tflite"):
+        assert arts[path]["gate"]["sqnr_db"] >= 30, (path, arts[path]["gate"])
 
 
 def test_int8_onnx_reports_spectral_fidelity_per_eeg_band(exported):

@@ -55,7 +55,7 @@ def test_default_student_fits_the_budget():
 
 
 # one non-default option per architecture, to check that overrides survive the round trip
-OVERRIDE = {"eegnet": {"f1": 4}, "shallowconvnet": {"n_filters": 8}}
+OVERRIDE = {"eegnet": {"f1": 4}, "shallowconvnet": {"n_filters": 8}, "shallowconvnet-relu6": {"n_filters": 8}}
 
 
 @pytest.mark.parametrize("name", sorted(available_models()))

@@ -192,3 +192,46 @@ def test_distill_tunes_the_two_class_threshold_on_validation(tiny_teacher, small
     assert torch.allclose(shift[:, 0], torch.zeros(4), atol=1e-5)
     assert torch.allclose(shift[:, 1], torch.full((4,), bias), atol=1e-5)
     assert runs[True]["val"]["bacc"] >= runs[False]["val"]["bacc"]
+
+
+@pytest.mark.parametrize("method, option", [("no-kd", "router_mi"), ("fitnet", "router_ce"),
+                                            ("static-weights", "router_mi")])
+def test_router_weights_for_a_method_without_that_router_are_refused(method, option, small_windows,
+                                                                      tmp_path):
+    from dlink.errors import ConfigError
+
+    cfg = DistillConfig(method=method, epochs=1, student="mic-xs", **{option: 0.3})
+    with pytest.raises(ConfigError, match=f"{option}=0.3 has no effect with method '{method}'"):
+        distill(None, small_windows, SPLIT, tmp_path, cfg)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_crop_jitter_draws_contiguous_stretches_of_the_same_recording(small_windows):
+    from dlink.distill import _crop, successors
+
+    nxt = successors(small_windows)
+    # one recording per subject and class: every window but each recording's last has a successor
+    n_recordings = len({(s, c) for s, c in zip(small_windows.subject, small_windows.y)})
+    assert (nxt < 0).sum() == n_recordings
+    has = np.flatnonzero(nxt >= 0)
+    assert np.all(small_windows.subject[nxt[has]] == small_windows.subject[has])
+    x = torch.from_numpy(small_windows.X)
+    b = has[:8]
+    torch.manual_seed(0)
+    crops = _crop(x, b, nxt)
+    T = x.shape[-1]
+    for i, c in zip(b, crops):  # each crop is a T-sample stretch of window i then its successor
+        pair = torch.cat([x[i], x[nxt[i]]], dim=-1)
+        assert any(torch.equal(pair[:, s:s + T], c) for s in range(T))
+    last = np.flatnonzero(nxt < 0)[:2]  # a recording's last window is kept as it is
+    assert torch.equal(_crop(x, last, nxt), x[last])
+
+
+@pytest.mark.parametrize("method", ["dlink", "fitnet", "static-weights"])
+def test_a_baseline_cannot_be_given_a_feature_mimic_method(method, small_windows, tmp_path):
+    from dlink.errors import ConfigError
+
+    cfg = DistillConfig(method=method, epochs=1, student="shallowconvnet-relu6")
+    with pytest.raises(ConfigError, match="no teacher-shaped representation to mimic"):
+        distill(None, small_windows, SPLIT, tmp_path, cfg)
+    assert not any(tmp_path.iterdir())

@@ -15,6 +15,10 @@ BASELINES: dict[str, ModelEntry] = {
     "shallowconvnet": ModelEntry(
         "shallowconvnet", ShallowConvNet, {}, "baseline", "ShallowConvNet (Schirrmeister 2017)"
     ),
+    "shallowconvnet-relu6": ModelEntry(
+        "shallowconvnet-relu6", ShallowConvNet, {"power": "relu6"}, "baseline",
+        "ShallowConvNet with ReLU6 for square and log: int8-deployable"
+    ),
 }
 
 __all__ = ["BASELINES", "EEGNet", "ShallowConvNet"]
