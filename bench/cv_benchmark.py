@@ -423,7 +423,9 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
         if row in TEACHER_ROWS:
             s["both_classes"] = {k: all(_both_classes(r) for r in runs) for k, runs in folds.items()}
         summary[row] = s
-        fmt = lambda m, s=s: f"{s[m][0]:.3f} ± {s[m][1]:.3f}"  # noqa: E731
+        # an int8 row measures BAcc only (its other metrics are the fp32 model's)
+        fmt = lambda m, s=s, row=row: ("–" if row in INT8_ROWS and m != "bacc"  # noqa: E731
+                                       else f"{s[m][0]:.3f} ± {s[m][1]:.3f}")
         lat = " / ".join(f"{s[k]:.3f}" if s[k] is not None else "–" for k in ("latency_ms", "ort_latency_ms"))
         lines.append(f"| {row} | {fmt('bacc')} | {fmt('auroc')} | {fmt('auprc')} | {fmt('kappa')} | "
                      f"{s['n_seeds']} | {f'{params:,}' if params else '–'} | {macs / 1e6 if macs else 0:.2f} M | {lat} |")
@@ -441,6 +443,11 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
         d = paired("dlink", other)
         if d:
             paired_lines.append(f"| dlink − {other} | {d[0]:+.3f} | {d[1]:.3f} | {d[2]} / {d[3]} |")
+    int8_pairs = [(f"dlink-int8-{q}", "shallowconvnet-relu6-int8") for q in ("ptq", "qat")]
+    for a, b in int8_pairs:
+        d = paired(a, b)  # the int8 files, DLink's against the int8-deployable ShallowConvNet's
+        if d:
+            paired_lines.append(f"| {a} − {b} | {d[0]:+.3f} | {d[1]:.3f} | {d[2]} / {d[3]} |")
 
     base_params = size["cbramod-base"][0]
     trio = ("teacher (cbramod-small)", "teacher (cbramod-base)", args.student)
@@ -583,7 +590,7 @@ Per-seed BAcc of the seeded rows: {json.dumps({r: s['per_fold_seeds'] for r, s i
 "(one class)" marks a fold where the teacher predicted a single class on the test subjects.
 Training and validation curves of every fold: `results/cv_teacher_curves.png`.
 
-## Paired differences of DLink (per-fold BAcc)
+## Paired differences of DLink (per-fold BAcc; the int8 rows: seed 0 of each fold)
 
 | comparison | mean | sd | folds won |
 |---|---|---|---|
@@ -656,9 +663,9 @@ def main() -> None:
     p.add_argument("--student", default="mic-s", help="student preset of the distilled rows")
     p.add_argument("--qat-epochs", type=int, default=3, help="int8-aware phase of the dlink-qat row")
     p.add_argument("--seeds", type=int, default=3, help="seeds per fold of the --seeded-rows")
-    p.add_argument("--seeded-rows", default="dlink,no-kd,shallowconvnet",
-                   help="rows run with --seeds seeds (DLink, the student alone and the strongest "
-                   "trained baseline)")
+    p.add_argument("--seeded-rows", default="dlink,no-kd,shallowconvnet,shallowconvnet-relu6",
+                   help="rows run with --seeds seeds (DLink, the student alone, the strongest "
+                   "trained baseline and its int8-deployable form)")
     p.add_argument("--latency-repeats", type=int, default=50)
     p.add_argument("--only-teacher", action="store_true", help="run the teacher and band-power rows only")
     p.add_argument("--tables-only", action="store_true", help="skip training, rewrite tables")

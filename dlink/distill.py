@@ -196,6 +196,23 @@ def _check_router_options(cfg: DistillConfig, method: Method) -> None:
                               f"{users}, or leave it out.")
 
 
+def _check_student_options(cfg: DistillConfig, method: Method, windows: Windows) -> None:
+    """One-line errors, before any work, for options the chosen student or data cannot take."""
+    cls = lookup(available_models(), cfg.student, "student").cls
+    if method.router and build_loss(method.loss, **loss_overrides(cfg)).needs_features \
+            and not cls.mimics_teacher:
+        raise ConfigError(f"{cfg.student} has no teacher-shaped representation to mimic, which method "
+                          f"{cfg.method!r} trains; use method no-kd or logit-kd with it, or an EEG-MiC "
+                          "student (mic-xs, mic-s, mic-m).")
+    if cfg.qat_epochs and not hasattr(cls, "deployed_weights"):
+        raise ConfigError(f"qat_epochs={cfg.qat_epochs}: the int8-aware phase simulates EEG-MiC's "
+                          f"deployed graph, which {cfg.student} lacks; set it to 0 or use mic-xs/s/m.")
+    if cfg.crop_jitter and windows.name != "eegmat":
+        raise ConfigError(f"crop_jitter needs windows cut back to back from one recording per "
+                          f"subject and class (EEGMAT); {windows.name!r} windows may join unrelated "
+                          "trials. Leave it off for these data.")
+
+
 def successors(windows: Windows) -> np.ndarray:
     """(n,) index of the window that directly follows each window in its recording, or -1.
 
@@ -257,11 +274,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
         raise ConfigError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
     method = METHODS[cfg.method]
     _check_router_options(cfg, method)
-    mimics = lookup(available_models(), cfg.student, "student").cls.mimics_teacher
-    if method.router and build_loss(method.loss, **loss_overrides(cfg)).needs_features and not mimics:
-        raise ConfigError(f"{cfg.student} has no teacher-shaped representation to mimic, which method "
-                          f"{cfg.method!r} trains; use method no-kd or logit-kd with it, or an EEG-MiC "
-                          "student (mic-xs, mic-s, mic-m).")
+    _check_student_options(cfg, method, windows)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)

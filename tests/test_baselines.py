@@ -68,5 +68,7 @@ def test_shallowconvnet_relu6_replaces_square_and_log_with_an_int8_op():
     z = paper.eval().spatial(paper.temporal(x.unsqueeze(1)))  # the same band signals
     torch.testing.assert_close(feats, paper.pool(z.clamp(0, 6)))
     torch.testing.assert_close(paper.forward_features(x), paper.pool(z * z).clamp_min(1e-6).log())
+    # its classifier is the paper's conv over all (F, T') written as one fully connected layer
+    torch.testing.assert_close(relu6.forward_head(feats), relu6.classifier(feats).flatten(1))
     with pytest.raises(ValueError, match="power must be one of"):
         ShallowConvNet(n_chans=4, n_times=1000, n_outputs=2, power="abs")

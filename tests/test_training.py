@@ -220,18 +220,43 @@ def test_crop_jitter_draws_contiguous_stretches_of_the_same_recording(small_wind
     torch.manual_seed(0)
     crops = _crop(x, b, nxt)
     T = x.shape[-1]
+    shifts = []
     for i, c in zip(b, crops):  # each crop is a T-sample stretch of window i then its successor
         pair = torch.cat([x[i], x[nxt[i]]], dim=-1)
-        assert any(torch.equal(pair[:, s:s + T], c) for s in range(T))
+        shifts.append(next(s for s in range(T) if torch.equal(pair[:, s:s + T], c)))
+    assert len(set(shifts)) > 1 and max(shifts) > 0  # random shifts, not the windows as they are
+    assert np.all(small_windows.y[nxt[has]] == small_windows.y[has])  # same recording, same class
     last = np.flatnonzero(nxt < 0)[:2]  # a recording's last window is kept as it is
     assert torch.equal(_crop(x, last, nxt), x[last])
 
 
-@pytest.mark.parametrize("method", ["dlink", "fitnet", "static-weights"])
-def test_a_baseline_cannot_be_given_a_feature_mimic_method(method, small_windows, tmp_path):
+@pytest.mark.parametrize("options, message", [
+    ({"method": "dlink"}, "no teacher-shaped representation to mimic"),
+    ({"method": "fitnet"}, "no teacher-shaped representation to mimic"),
+    ({"method": "static-weights"}, "no teacher-shaped representation to mimic"),
+    ({"method": "no-kd", "qat_epochs": 2}, "simulates EEG-MiC's deployed graph"),
+])
+def test_a_baseline_is_refused_options_it_cannot_take(options, message, small_windows, tmp_path):
     from dlink.errors import ConfigError
 
-    cfg = DistillConfig(method=method, epochs=1, student="shallowconvnet-relu6")
-    with pytest.raises(ConfigError, match="no teacher-shaped representation to mimic"):
+    cfg = DistillConfig(epochs=1, student="shallowconvnet-relu6", **options)
+    with pytest.raises(ConfigError, match=message):
         distill(None, small_windows, SPLIT, tmp_path, cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_crop_jitter_is_refused_for_windows_not_cut_back_to_back(small_windows, tmp_path):
+    from dlink.errors import ConfigError
+
+    other = small_windows.subset(np.arange(len(small_windows)))
+    other.name = "custom"
+    with pytest.raises(ConfigError, match="crop_jitter needs windows cut back to back"):
+        distill(None, other, SPLIT, tmp_path, DistillConfig(method="no-kd", epochs=1, crop_jitter=True))
+
+
+@pytest.mark.parametrize("method, option", [("static-weights", "router_ce"), ("dlink", "router_ce"),
+                                            ("dlink", "router_mi"), ("dlink-no-spectral", "router_mi")])
+def test_router_weights_for_a_method_with_that_router_are_accepted(method, option):
+    from dlink.distill import _check_router_options
+
+    _check_router_options(DistillConfig(method=method, **{option: 0.3}), METHODS[method])

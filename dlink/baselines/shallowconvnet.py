@@ -18,9 +18,8 @@ class ShallowConvNet(nn.Module):
 
     With ``power="relu6"`` the square and log become one ReLU6 after the spatial conv's
     BatchNorm (the pooled value is then a band amplitude, not a log power): every op is one
-    int8 runtimes run, so the model can ship as an int8 file. On EEGMAT's 6 folds that costs
-    most of the original's lead: 0.642 against 0.673, level with DLink's EEG-MiC at 16x its
-    MACs (`results/cv_benchmark.md`, row ``shallowconvnet-relu6``).
+    int8 runtimes run, so the model can ship as an int8 file; what that costs on EEGMAT is
+    the ``shallowconvnet-relu6`` row of `results/cv_benchmark.md`.
 
     The paper works at 250 Hz with a 25-sample filter and a 75-sample pool every 15
     samples (100 ms, 300 ms, 60 ms); left as ``None`` the lengths keep those durations at
