@@ -26,6 +26,7 @@ from torch import Tensor
 
 from dlink import distributed as dist
 from dlink.atomic import savez_atomic, write_text_atomic
+from dlink.augment import crop_into_next, gain_jitter, successors
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
 from dlink.losses import Decoder, build_loss, distill_loss
@@ -174,13 +175,6 @@ class DistillObjective(torch.nn.Module):
         return terms
 
 
-def _jitter(x: Tensor, sigma: float) -> Tensor:
-    """(B, C, T) windows, each scaled by exp(N(0, sigma^2)) (torch's RNG); sigma 0: as is."""
-    if sigma <= 0:
-        return x
-    return x * torch.exp(sigma * torch.randn(len(x), 1, 1))
-
-
 def _check_router_options(cfg: DistillConfig, method: Method) -> None:
     """A router weight given for a method whose router would not use it is an error, not a
     silent no-op: the target probe needs a router (learned or static), the mutual-information
@@ -211,29 +205,6 @@ def _check_student_options(cfg: DistillConfig, method: Method, windows: Windows)
         raise ConfigError(f"crop_jitter needs windows cut back to back from one recording per "
                           f"subject and class (EEGMAT); {windows.name!r} windows may join unrelated "
                           "trials. Leave it off for these data.")
-
-
-def successors(windows: Windows) -> np.ndarray:
-    """(n,) index of the window that directly follows each window in its recording, or -1.
-
-    Windows cut back to back from one recording (`dlink.data.edf.cut_windows`) lie in order,
-    and a recording is identified by its subject and label (one per subject and class, as
-    in EEGMAT)."""
-    same = (windows.subject[1:] == windows.subject[:-1]) & (windows.y[1:] == windows.y[:-1])
-    nxt = np.full(len(windows), -1)
-    nxt[:-1][same] = np.flatnonzero(same) + 1
-    return nxt
-
-
-def _crop(x: Tensor, b: np.ndarray, nxt: np.ndarray) -> Tensor:
-    """(B, C, T) windows ``b`` of ``x``, each shifted a random 0..T-1 samples into its
-    successor ``nxt[b]`` (torch's RNG); a window without a successor is kept as is."""
-    T = x.shape[-1]
-    has = nxt[b] >= 0
-    shift = torch.randint(0, T, (len(b),)) * torch.from_numpy(has)
-    pair = torch.cat([x[b], x[np.where(has, nxt[b], b)]], dim=-1)  # (B, C, 2T)
-    at = (torch.arange(T)[None, :] + shift[:, None])[:, None, :].expand(-1, x.shape[1], -1)
-    return pair.gather(-1, at)
 
 
 def loss_overrides(cfg: DistillConfig) -> dict:
@@ -300,14 +271,14 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
                          decoder=cache.decoder if cache is not None else None,
                          **loss_overrides(cfg)).to(dev))
     empty = torch.zeros(len(x), 0)
-    nxt = successors(windows)
+    nxt = successors(windows) if cfg.crop_jitter else None
 
     def loss_fn(batch: np.ndarray) -> dict[str, Tensor]:
         b = idx["train"][batch]
         layers = cache.layers[b] if cache is not None and method.router else empty[b]
         t_logits = cache.logits[b].to(dev) if cache is not None else None
-        xb = _crop(x, b, nxt) if cfg.crop_jitter else x[b]
-        terms = objective(_jitter(xb, cfg.gain_jitter).to(dev), y[b].to(dev), layers.to(dev), t_logits)
+        xb = crop_into_next(x, b, nxt) if cfg.crop_jitter else x[b]
+        terms = objective(gain_jitter(xb, cfg.gain_jitter).to(dev), y[b].to(dev), layers.to(dev), t_logits)
         if weight is not None:  # the CE is a weighted mean: normalise by the global sum of weights
             f = dist.share_of_total(float(weight[y[b]].sum()))
             if f != 1.0:

@@ -207,7 +207,7 @@ def test_router_weights_for_a_method_without_that_router_are_refused(method, opt
 
 
 def test_crop_jitter_draws_contiguous_stretches_of_the_same_recording(small_windows):
-    from dlink.distill import _crop, successors
+    from dlink.augment import crop_into_next, successors
 
     nxt = successors(small_windows)
     # one recording per subject and class: every window but each recording's last has a successor
@@ -218,7 +218,7 @@ def test_crop_jitter_draws_contiguous_stretches_of_the_same_recording(small_wind
     x = torch.from_numpy(small_windows.X)
     b = has[:8]
     torch.manual_seed(0)
-    crops = _crop(x, b, nxt)
+    crops = crop_into_next(x, b, nxt)
     T = x.shape[-1]
     shifts = []
     for i, c in zip(b, crops):  # each crop is a T-sample stretch of window i then its successor
@@ -227,7 +227,7 @@ def test_crop_jitter_draws_contiguous_stretches_of_the_same_recording(small_wind
     assert len(set(shifts)) > 1 and max(shifts) > 0  # random shifts, not the windows as they are
     assert np.all(small_windows.y[nxt[has]] == small_windows.y[has])  # same recording, same class
     last = np.flatnonzero(nxt < 0)[:2]  # a recording's last window is kept as it is
-    assert torch.equal(_crop(x, last, nxt), x[last])
+    assert torch.equal(crop_into_next(x, last, nxt), x[last])
 
 
 @pytest.mark.parametrize("options, message", [
