@@ -390,8 +390,7 @@ def write_tables(out: Path, args, latency: dict, cache_benefit: dict) -> None:
     model_of = {"teacher": "cbramod-small", "teacher-scratch": "cbramod-small",
                 **{r: r for r in SCRATCH_ROWS}, **{r: args.student for r in student_rows},
                 **{r: src for r, src in INT8_ROWS.items() if src in SCRATCH_ROWS}}
-    lat_of = {"teacher": "teacher (cbramod-small)", "teacher-scratch": "teacher (cbramod-small)",
-              **{r: model_of[r] for r in (*SCRATCH_ROWS, *student_rows, *INT8_ROWS)}}
+    lat_of = {**model_of, "teacher": "teacher (cbramod-small)", "teacher-scratch": "teacher (cbramod-small)"}
     summary, lines = {}, []
     for row in ALL_ROWS:
         folds = rows[row]

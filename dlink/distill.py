@@ -175,26 +175,21 @@ class DistillObjective(torch.nn.Module):
         return terms
 
 
-def _check_router_options(cfg: DistillConfig, method: Method) -> None:
-    """A router weight given for a method whose router would not use it is an error, not a
-    silent no-op: the target probe needs a router (learned or static), the mutual-information
-    reward a learned one."""
+def _check_options(cfg: DistillConfig, method: Method, windows: Windows) -> None:
+    """One-line errors, before any work, for options the method, student or data cannot take
+    (negative loss weights are `DistillLoss`'s own error)."""
+    loss = build_loss(method.loss, **loss_overrides(cfg))
+    # a router weight the method's router would not use is an error, not a silent no-op: the
+    # target probe needs a router (learned or static), the mutual-information reward a learned one
     for name, kinds in (("router_ce", ("router", "static")), ("router_mi", ("router",))):
         value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}.")
         if value and method.router not in kinds:
             users = ", ".join(k for k, m in METHODS.items() if m.router in kinds)
             raise ConfigError(f"{name}={value} has no effect with method {cfg.method!r}, which has "
                               f"no {'learned ' if kinds == ('router',) else ''}router; use it with "
                               f"{users}, or leave it out.")
-
-
-def _check_student_options(cfg: DistillConfig, method: Method, windows: Windows) -> None:
-    """One-line errors, before any work, for options the chosen student or data cannot take."""
     cls = lookup(available_models(), cfg.student, "student").cls
-    if method.router and build_loss(method.loss, **loss_overrides(cfg)).needs_features \
-            and not cls.mimics_teacher:
+    if method.router and loss.needs_features and not cls.mimics_teacher:
         raise ConfigError(f"{cfg.student} has no teacher-shaped representation to mimic, which method "
                           f"{cfg.method!r} trains; use method no-kd or logit-kd with it, or an EEG-MiC "
                           "student (mic-xs, mic-s, mic-m).")
@@ -244,8 +239,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
     method = METHODS[cfg.method]
-    _check_router_options(cfg, method)
-    _check_student_options(cfg, method, windows)
+    _check_options(cfg, method, windows)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)

@@ -256,7 +256,15 @@ def test_crop_jitter_is_refused_for_windows_not_cut_back_to_back(small_windows, 
 
 @pytest.mark.parametrize("method, option", [("static-weights", "router_ce"), ("dlink", "router_ce"),
                                             ("dlink", "router_mi"), ("dlink-no-spectral", "router_mi")])
-def test_router_weights_for_a_method_with_that_router_are_accepted(method, option):
-    from dlink.distill import _check_router_options
+def test_router_weights_for_a_method_with_that_router_are_accepted(method, option, small_windows):
+    from dlink.distill import _check_options
 
-    _check_router_options(DistillConfig(method=method, **{option: 0.3}), METHODS[method])
+    _check_options(DistillConfig(method=method, **{option: 0.3}), METHODS[method], small_windows)
+
+
+def test_a_negative_router_weight_is_refused_before_any_work(small_windows, tmp_path):
+    from dlink.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="router_mi must be >= 0"):
+        distill(None, small_windows, SPLIT, tmp_path, DistillConfig(method="dlink", router_mi=-0.1))
+    assert not any(tmp_path.iterdir())

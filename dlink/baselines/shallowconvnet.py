@@ -88,8 +88,9 @@ class ShallowConvNet(nn.Module):
         # relu6: the same mean as a depthwise conv of fixed weights 1/pool_length, which int8
         # runtimes give its own output scale (a pool keeps its input's, [0, 6] in 255 steps,
         # coarse for means of a rectified oscillation); not a parameter, so not trained
-        self.register_buffer("pool_weight", torch.full((n_filters, 1, 1, pool_length), 1 / pool_length),
-                             persistent=False)
+        if power == "relu6":
+            self.register_buffer("pool_weight", torch.full((n_filters, 1, 1, pool_length), 1 / pool_length),
+                                 persistent=False)
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(n_filters, n_outputs, (1, n_pooled))
         self.n_filters, self.n_pooled = n_filters, n_pooled
