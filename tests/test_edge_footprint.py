@@ -132,14 +132,17 @@ def test_profile_measures_in_a_fresh_process_and_times_a_cold_run(clip_dir):
 def test_footprint_bench_writes_its_tables(clip_dir, tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "bench" / "edge_footprint.py"), str(clip_dir),
-         "--windows", "10", "--cold-runs", "1", "--out", str(tmp_path), "--name", "fp"],
+         "--windows", "10", "--cold-runs", "1", "--out", str(tmp_path), "--name", "fp",
+         "--installs", "checkout"],  # the board venv's pip install is left to the benchmark
         capture_output=True, timeout=1200, cwd=REPO)
     assert out.returncode in (0, 1), out.stderr.decode()  # 1: a goal missed on this fixture
     rep = json.loads((tmp_path / "fp.json").read_text())
-    assert [(r["backend"], r["preprocessing"].split()[0]) for r in rep["rows"]] == \
-        [("onnx", "as"), ("tflite", "as"), ("onnx", "+"), ("tflite", "+")]
+    assert [(r["install"], r["backend"], r["preprocessing"].split()[0]) for r in rep["rows"]] \
+        == [("checkout", "onnx", "as"), ("checkout", "tflite", "as"), ("checkout", "onnx", "+"),
+            ("checkout", "tflite", "+")]
     for row in rep["rows"]:
         assert row["decision_ratio"] > 0 and row["peak_rss_mb"] > 0
-    assert set(rep["goals_by_backend"]) == {"onnx", "tflite"}
+    assert set(rep["goals_by_install"]["checkout"]) == {"onnx", "tflite"}
+    assert set(rep["versions"]["checkout"]) == {"numpy", "onnxruntime", "ai-edge-litert"}
     md = (tmp_path / "fp.md").read_text()
     assert "Written by `python" in md and "sosfilt" in md
