@@ -16,8 +16,10 @@ from rich.table import Table
 
 from dlink.console import run_app
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Find, fetch, inspect and verify EEG data sets.", no_args_is_help=True)
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")  # None: a docstring's single line breaks reflow
+data_app = typer.Typer(help="Find, fetch, inspect and verify EEG data sets.", no_args_is_help=True,
+                       rich_markup_mode="markdown")
 app.add_typer(data_app, name="data")
 out = Console()
 
@@ -163,7 +165,7 @@ def pipeline(
     ] = None,
 ) -> None:
     """The main job: fine-tune the teacher, distil the DLink student, export int8 ONNX/TFLite
-    with a calibration set, profile on this machine against every board budget, stream one
+    with a calibration set, profile on this machine against every board budget, stream the
     held-out recordings of every class through the edge runtime, and write OUT/report.html.
 
     Every stage is also its own command (dlink finetune, dlink distill, dlink-export,

@@ -27,6 +27,7 @@ EXIT_OVER_BUDGET = 3
 EXIT_STREAM_ENDED = 4
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",  # None: a docstring's single line breaks reflow
                   help="Run an exported DLink model on a board: decisions, profiles, budgets.")
 
 

@@ -18,7 +18,8 @@ from rich.console import Console
 
 from dlink.console import run_app
 
-app = typer.Typer(help=__doc__, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(help=__doc__, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode="markdown")  # None: a docstring's single line breaks reflow
 out = Console()
 
 

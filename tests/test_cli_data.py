@@ -51,6 +51,22 @@ def test_verify_and_list(shared_data):
     assert proc.returncode == 0 and "eegmmidb" in proc.stdout
 
 
+def test_help_reflows_docstrings_and_keeps_brackets():
+    """Help text is markdown: a docstring's line breaks reflow to the terminal's width, and
+    a literal ``dlink[lsl]`` is not eaten as rich markup."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "200"}
+    run = lambda *cmd: subprocess.run([sys.executable, "-m", *cmd, "--help"],  # noqa: E731
+                                      capture_output=True, text=True, timeout=300, env=env)
+    pipeline = run("dlink.cli", "pipeline")
+    assert pipeline.returncode == 0
+    # in the docstring's second paragraph "dlink-export," ends a line, "dlink-edge" starts one
+    assert "dlink-export, dlink-edge" in pipeline.stdout
+    edge_run = run("edge_runtime.cli", "run")
+    assert edge_run.returncode == 0 and "dlink[lsl]" in edge_run.stdout
+
+
 def test_help_explains_every_command():
     for args in ([], ["data"], ["data", "fetch"], ["pipeline"]):
         proc = dlink(*args, "--help")
