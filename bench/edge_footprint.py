@@ -15,11 +15,13 @@ Each measurement runs in two installs (``--installs``):
 - ``checkout``: this interpreter, the development checkout (editable install). Its modules
   are byte-compiled first (``compileall``, what ``pip install`` does for an installed
   package): under ``PYTHONDONTWRITEBYTECODE=1`` (this sandbox sets it) every module would
-  otherwise be compiled at every start, about 1.3 MB of peak RSS that no installed runtime
-  pays. Its interpreter also runs this sandbox's site hook (a ``.pth`` file that imports
-  ``certifi``) and the editable install's import finder at every start.
+  otherwise be compiled at every start, start-up time (and, measured on an earlier export,
+  0.3 MB of peak RSS) that no installed runtime pays. Its interpreter also runs this
+  sandbox's site hook (a ``.pth`` file that imports ``certifi``) and the editable install's
+  import finder at every start.
 - ``board``: a fresh venv holding only ``pip install 'REPO[edge]'`` (not editable, no torch,
-  byte-compiled by pip), run from outside the checkout: what a board runs.
+  byte-compiled by pip; needs the package index), run from outside the checkout without
+  ``PYTHONPATH``: a board-like install on this machine's CPU and Python.
 
     python bench/edge_footprint.py MODEL_DIR [--allow-failed-gate] [--out results]
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -46,35 +49,53 @@ HIGHPASS_HZ = 0.5
 REPO = Path(__file__).resolve().parents[1]
 
 
+INSTALLS = ("checkout", "board")
+PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "scipy", "edfio", "typer", "rich",
+            "pydantic")  # what the runtime, its filters and its CLI import
+
+
+def _env(install: str) -> dict:
+    """The measured processes' environment: a board process must not see the checkout."""
+    env = dict(os.environ)
+    if install == "board":
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def board_python(tmp: Path) -> str:
-    """A fresh venv with only ``pip install 'REPO[edge]'`` in it; its interpreter."""
+    """A fresh venv with only ``pip install 'REPO[edge]'`` in it (needs the package index);
+    its interpreter."""
     venv = tmp / "board-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     out = subprocess.run([python, "-m", "pip", "install", "-q", f"{REPO}[edge]"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=_env("board"))
     if out.returncode != 0:
-        raise SystemExit(f"edge_footprint: the board install failed:\n{out.stderr}")
+        raise SystemExit(f"edge_footprint: the board install failed (use --installs checkout "
+                         f"without a package index):\n{out.stderr}")
     return python
 
 
-def versions(python: str) -> dict:
-    """Versions of the packages the runtime imports, as ``python`` sees them."""
+def versions(python: str, install: str) -> dict:
+    """Versions of the packages the runtime and its CLI import, as ``python`` sees them
+    (None: not installed)."""
     code = ("import importlib.metadata as m, json\n"
             "def v(p):\n try:\n  return m.version(p)\n except m.PackageNotFoundError:\n  return None\n"
-            "print(json.dumps({p: v(p) for p in ('numpy', 'onnxruntime', 'ai-edge-litert')}))")
-    return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True,
-                                     check=True).stdout)
+            f"print(json.dumps({{p: v(p) for p in {PACKAGES!r}}}))")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=_env(install))
+    if out.returncode != 0:
+        raise SystemExit(f"edge_footprint: could not read package versions:\n{out.stderr}")
+    return json.loads(out.stdout)
 
 
-def profile(model_dir: Path, backend: str, args, python: str, cwd: Path) -> dict:
+def profile(model_dir: Path, backend: str, args, python: str, cwd: Path, install: str) -> dict:
     """`dlink-edge profile --json` in a fresh interpreter; its report as a dict."""
     cmd = [python, "-m", "edge_runtime.cli", "profile", str(model_dir), "--backend",
            backend, "--threads", "1", "--windows", str(args.windows), "--cold-runs",
            str(args.cold_runs), "--json"]
     if args.allow_failed_gate:
         cmd.append("--allow-failed-gate")
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=_env(install))
     if out.returncode != 0:
         raise SystemExit(f"edge_footprint: {' '.join(cmd)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
@@ -98,14 +119,15 @@ FLOOR_CODE = {  # the least any Python program pays to run the artifact: no edge
 }
 
 
-def floor_rss_mb(artifact: Path, backend: str, python: str) -> float:
+def floor_rss_mb(artifact: Path, backend: str, python: str, cwd: Path, install: str) -> float:
     """VmHWM (MiB) of a fresh interpreter that imports numpy and the backend, loads the
     artifact with the backend's own API and runs one window: the part of the runtime's peak
     RSS that no Python runtime of this backend can avoid here."""
     code = (FLOOR_CODE[backend].replace("PATH", repr(str(artifact)))
             + "print([l.split()[1] for l in open('/proc/self/status') "
               "if l.startswith('VmHWM')][0])")
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=cwd,
+                         env=_env(install))
     if out.returncode != 0:
         raise SystemExit(f"edge_footprint: the floor measurement failed:\n{out.stderr}")
     return int(out.stdout.split()[-1]) / 1024
@@ -198,7 +220,7 @@ def write_results(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
         "Installs: `checkout` is the development checkout's interpreter (editable install; "
         "it also runs this sandbox's site hook, a `.pth` file that imports `certifi`, at "
         "every start); `board` a fresh venv holding only `pip install '.[edge]'`, run from "
-        "outside the checkout, as on a board. Versions: "
+        "outside the checkout without PYTHONPATH: board-like. Versions: "
         + "; ".join(f"{i}: " + ", ".join(f"{k} {v}" for k, v in ver.items())
                     for i, ver in report["versions"].items()) + ".",
         "",
@@ -225,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results"))
     p.add_argument("--name", default="edge_footprint")
     args = p.parse_args(argv)
+    installs = [i.strip() for i in args.installs.split(",") if i.strip()]
+    if not installs or set(installs) - set(INSTALLS):
+        p.error(f"--installs takes a comma-separated subset of {', '.join(INSTALLS)}, "
+                f"got {args.installs!r}.")
 
     import edge_runtime  # its folder, wherever it is installed; this process is not measured
 
@@ -236,16 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_filter:
             folders.append((f"+ sosfilt {HIGHPASS_HZ:g} Hz high-pass",
                             with_highpass(model_dir, Path(tmp) / "highpass")))
-        for install in args.installs.split(","):
+        for install in installs:
             python, cwd = ((sys.executable, Path.cwd()) if install == "checkout"
                            else (board_python(Path(tmp)), Path(tmp)))
-            installed[install] = versions(python)
+            installed[install] = versions(python, install)
             for label, folder in folders:
                 for backend in args.backends:
-                    rep = profile(folder, backend, args, python, cwd)
+                    rep = profile(folder, backend, args, python, cwd, install)
                     row = {"install": install, **summary(rep)}
                     row["preprocessing"] = label
-                    row["floor_rss_mb"] = floor_rss_mb(folder / rep["artifact"], backend, python)
+                    row["floor_rss_mb"] = floor_rss_mb(folder / rep["artifact"], backend,
+                                                       python, cwd, install)
                     rows.append(row)
                     print(f"{install:8s} {backend:6s} {label:28s} rss {row['peak_rss_mb']:.1f} "
                           f"MB  ratio {row['decision_ratio']:.3f}  cold "

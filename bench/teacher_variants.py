@@ -40,7 +40,7 @@ VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
             "mean-head": {"head": "mean"}, "ls0.1": {"label_smoothing": 0.1},
             "lr0.5": {"lr": 2.5e-5, "lr_head": 5e-5}, "lr2": {"lr": 1e-4, "lr_head": 2e-4},
             "ep16": {"epochs": 16},
-            "pretrain50": {"backbone": "runs/pretrain-e50"}}
+            "pretrain50": {"backbone": "runs/pretrain-e50", "pretrain_epochs": 50}}
 SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
 
 
@@ -58,6 +58,7 @@ def run_one(job: tuple) -> None:
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
     change = dict(VARIANTS[variant])
+    change.pop("pretrain_epochs", None)
     backbone = REPO / change.pop("backbone", "dlink/pretrained/cbramod-small-eegmat")
     finetune(backbone, windows, split, out, FinetuneConfig(**{"epochs": 8, "seed": k, **change}))
 
@@ -89,9 +90,13 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
                       "folds_both_classes": sum(runs[k]["both_classes"] for k in range(6)),
                       "selected_epochs": [runs[k]["selected_epoch"] for k in range(6)]}
         if "backbone" in VARIANTS[v]:  # what its pre-training reached (dlink pretrain's facts)
-            facts = json.loads((REPO / VARIANTS[v]["backbone"] / "pretrain.json").read_text())
-            summary[v]["pretraining"] = {key: facts[key] for key in (
-                "epochs", "steps", "final_val_mse", "val_mse_predicting_zero")}
+            path = REPO / VARIANTS[v]["backbone"] / "pretrain.json"
+            if path.is_file():
+                facts = json.loads(path.read_text())
+                summary[v]["pretraining"] = {key: facts[key] for key in (
+                    "epochs", "steps", "final_val_mse", "val_mse_predicting_zero")}
+            elif "pretraining" in earlier.get(v, {}):  # runs/ is not kept: the committed facts
+                summary[v]["pretraining"] = earlier[v]["pretraining"]
     anchors = {r: cv[r]["bacc"][0] for r in (SHALLOW, BANDPOWER) if r in cv}
     lines = ["| variant | BAcc (mean ± sd over folds) | worst fold | folds ≥ 0.55 | − base (folds won) | selected epochs |",
              "|---|---|---|---|---|---|"]
@@ -131,9 +136,11 @@ def main() -> None:
         ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     for v in variants:
         backbone = VARIANTS[v].get("backbone")
-        if backbone and not (REPO / backbone / "model.safetensors").is_file():
-            ap.error(f"variant {v} fine-tunes {backbone}, which is not there: make it first "
-                     "(the command is in this script's docstring).")
+        facts = REPO / str(backbone) / "pretrain.json"  # written when pre-training ends
+        if backbone and (not facts.is_file() or json.loads(facts.read_text())["epochs"]
+                         != VARIANTS[v]["pretrain_epochs"]):
+            ap.error(f"variant {v} fine-tunes {backbone}, which is missing or unfinished: make "
+                     "it first (the command is in this script's docstring).")
     jobs = [(v, k, args.out) for v in variants for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))

@@ -143,6 +143,6 @@ def test_footprint_bench_writes_its_tables(clip_dir, tmp_path):
     for row in rep["rows"]:
         assert row["decision_ratio"] > 0 and row["peak_rss_mb"] > 0
     assert set(rep["goals_by_install"]["checkout"]) == {"onnx", "tflite"}
-    assert set(rep["versions"]["checkout"]) == {"numpy", "onnxruntime", "ai-edge-litert"}
+    assert rep["versions"]["checkout"]["numpy"] == np.__version__
     md = (tmp_path / "fp.md").read_text()
     assert "Written by `python" in md and "sosfilt" in md
