@@ -7,7 +7,10 @@ self-pretrained CBraMod-small backbone, cache its layer features once, distil ev
 `dlink.distill.METHODS` row into the default student, train EEGNet and ShallowConvNet
 from scratch, and fit log-band-power + logistic regression. Every row of a fold uses the
 same split, seed and epoch budget. Results per fold land in OUT/fold{k}/{row}/metrics.json
-(a re-run skips what exists); then fp32 latency per window (1 thread, batch 1, median of
+(a re-run skips what exists); each finished fold's result files are also copied to
+``--keep`` (default results/cv_runs/, committed), and a run in a fresh checkout restores
+the kept folds made with the same settings (backbone weights, epochs, student, seeds)
+instead of re-running them, so the table can be built across sessions, fold by fold; then fp32 latency per window (1 thread, batch 1, median of
 warm runs, blocks of each model taking turns, all in this one process) is measured and the
 tables are written
 to results/cv_benchmark.md and results/cv_benchmark.json.
@@ -20,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -204,9 +208,58 @@ def _add_seconds(row_dir: Path, seconds: float) -> None:
 def _fold_worker(k, args):
     try:
         run_fold(k, args)
+        if args.keep and not args.only_teacher:
+            keep_fold(Path(args.out), Path(args.keep), k, args)
     except Exception as exc:  # report and let the parent fail
         print(f"[fold {k}] failed: {exc!r}", file=sys.stderr, flush=True)
         raise
+
+
+KEPT_FILES = ("metrics.json", "history.json")  # all the tables and the curves read of a run
+CONFIG_KEYS = ("teacher_epochs", "student_epochs", "student", "qat_epochs", "seeds",
+               "seeded_rows")  # what makes two runs of a fold the same run
+
+
+def fold_config(args) -> dict:
+    """The settings a kept fold was made with (the backbone by its weights' sha256); a fold
+    is only restored under the same."""
+    import hashlib
+
+    cfg = {key: str(getattr(args, key)) for key in CONFIG_KEYS if key != "backbone"}
+    weights = Path(args.backbone) / "model.safetensors"
+    cfg["backbone_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return cfg
+
+
+def keep_fold(out: Path, keep: Path, k: int, args) -> None:
+    """Copy a finished fold's small result files (OUT/fold{k}/RUN/{metrics,history}.json) to
+    KEEP/fold{k}/, which is committed: a fresh checkout then resumes per fold (weights and
+    caches stay in OUT)."""
+    src, dst = out / f"fold{k}", keep / f"fold{k}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    for path in sorted(src.glob("*/*.json")):
+        if path.name in KEPT_FILES:
+            (dst / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst / path.parent.name / path.name)
+    (dst / "fold.json").write_text(json.dumps(fold_config(args), indent=1))
+
+
+def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
+    """Copy each kept fold made with these settings into OUT (missing files only), so that
+    `run_fold` skips all its runs; returns the folds restored."""
+    restored = []
+    for k in folds:
+        cfg = keep / f"fold{k}" / "fold.json"
+        if not cfg.is_file() or json.loads(cfg.read_text()) != fold_config(args):
+            continue
+        for path in sorted((keep / f"fold{k}").glob("*/*.json")):
+            target = out / f"fold{k}" / path.parent.name / path.name
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+        restored.append(k)
+    return restored
 
 
 def _ort_sessions(models: dict, folder: Path) -> dict:
@@ -668,8 +721,15 @@ def main() -> None:
     p.add_argument("--latency-repeats", type=int, default=50)
     p.add_argument("--only-teacher", action="store_true", help="run the teacher and band-power rows only")
     p.add_argument("--tables-only", action="store_true", help="skip training, rewrite tables")
+    p.add_argument("--keep", default=str(REPO / "results" / "cv_runs"),
+                   help="where finished folds' result files are kept (committed) and restored "
+                   "from, so that a fresh checkout resumes per fold; '' to keep nothing")
     args = p.parse_args()
     folds = [int(f) for f in args.folds.split(",")]
+    if args.keep:
+        restored = restore_folds(Path(args.out), Path(args.keep), folds, args)
+        if restored:
+            print(f"restored finished folds {restored} from {args.keep}", flush=True)
     if args.only_teacher:
         args.tables_only = False
     if not args.tables_only:
