@@ -10,10 +10,12 @@ same split, seed and epoch budget. Results per fold land in OUT/fold{k}/{row}/me
 (a re-run skips what exists); each finished fold's result files are also copied to
 ``--keep`` (default results/cv_runs/, committed), and a run in a fresh checkout restores
 the kept folds made with the same settings (backbone weights, epochs, student, seeds)
-instead of re-running them, so the table can be built across sessions, fold by fold; then fp32 latency per window (1 thread, batch 1, median of
-warm runs, blocks of each model taking turns, all in this one process) is measured and the
-tables are written
-to results/cv_benchmark.md and results/cv_benchmark.json.
+instead of re-running them, so the table can be built across sessions, fold by fold (each
+kept fold records its CPU's vector extensions: the teacher's float rounding, and with it
+every row distilled from it, differs between an AVX2 and an AVX-512 machine). Then fp32
+latency per window (1 thread, batch 1, median of warm runs, blocks of each model taking
+turns, all in this one process) is measured and the tables are written to
+results/cv_benchmark.md and results/cv_benchmark.json.
 """
 
 from __future__ import annotations
@@ -242,7 +244,20 @@ def keep_fold(out: Path, keep: Path, k: int, args) -> None:
         if path.name in KEPT_FILES:
             (dst / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dst / path.parent.name / path.name)
-    (dst / "fold.json").write_text(json.dumps(fold_config(args), indent=1))
+    (dst / "fold.json").write_text(json.dumps({"config": fold_config(args), "cpu": cpu_isa()},
+                                              indent=1))
+
+
+def cpu_isa() -> list[str]:
+    """This CPU's vector extensions that change float rounding in torch's kernels: the
+    transformer teacher's runs differ between an AVX2 and an AVX-512 machine, so a table
+    restored from folds made on several machines records which made each."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return [platform.machine()]
+    return sorted(set(flags) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
 
 
 def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
@@ -251,7 +266,7 @@ def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
     restored = []
     for k in folds:
         cfg = keep / f"fold{k}" / "fold.json"
-        if not cfg.is_file() or json.loads(cfg.read_text()) != fold_config(args):
+        if not cfg.is_file() or json.loads(cfg.read_text())["config"] != fold_config(args):
             continue
         for path in sorted((keep / f"fold{k}").glob("*/*.json")):
             target = out / f"fold{k}" / path.parent.name / path.name
