@@ -210,7 +210,7 @@ def _add_seconds(row_dir: Path, seconds: float) -> None:
 def _fold_worker(k, args):
     try:
         run_fold(k, args)
-        if args.keep and not args.only_teacher:
+        if args.keep and not args.only_teacher and k not in args.restored:
             keep_fold(Path(args.out), Path(args.keep), k, args)
     except Exception as exc:  # report and let the parent fail
         print(f"[fold {k}] failed: {exc!r}", file=sys.stderr, flush=True)
@@ -227,8 +227,11 @@ def fold_config(args) -> dict:
     is only restored under the same."""
     import hashlib
 
-    cfg = {key: str(getattr(args, key)) for key in CONFIG_KEYS if key != "backbone"}
+    cfg = {key: str(getattr(args, key)) for key in CONFIG_KEYS}
     weights = Path(args.backbone) / "model.safetensors"
+    if not weights.is_file():
+        raise SystemExit(f"cv_benchmark: --backbone {args.backbone} holds no model.safetensors; "
+                         "pass a folder written by dlink pretrain.")
     cfg["backbone_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     return cfg
 
@@ -244,6 +247,8 @@ def keep_fold(out: Path, keep: Path, k: int, args) -> None:
         if path.name in KEPT_FILES:
             (dst / path.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dst / path.parent.name / path.name)
+    if (src / "teacher_cache.json").is_file():  # the table's teacher-cache time
+        shutil.copy2(src / "teacher_cache.json", dst / "teacher_cache.json")
     (dst / "fold.json").write_text(json.dumps(
         {"config": fold_config(args), "cpu": cpu_isa(), "packages": _versions()}, indent=1))
 
@@ -267,16 +272,21 @@ def cpu_isa() -> list[str]:
 
 
 def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
-    """Copy each kept fold made with these settings into OUT (missing files only), so that
-    `run_fold` skips all its runs; returns the folds restored."""
+    """Copy each kept fold made with these settings into OUT, so that `run_fold` skips all
+    its runs; only into an empty OUT/fold{k} (a fold is never a mix of two runs). Returns
+    the folds restored."""
     restored = []
     for k in folds:
         cfg = keep / f"fold{k}" / "fold.json"
-        if not cfg.is_file() or json.loads(cfg.read_text())["config"] != fold_config(args):
+        if not cfg.is_file() or json.loads(cfg.read_text()).get("config") != fold_config(args):
             continue
-        for path in sorted((keep / f"fold{k}").glob("*/*.json")):
-            target = out / f"fold{k}" / path.parent.name / path.name
-            if not target.is_file():
+        if (out / f"fold{k}").exists() and any((out / f"fold{k}").iterdir()):
+            print(f"fold {k}: kept in {keep} but {out / f'fold{k}'} is not empty; not restored",
+                  flush=True)
+            continue
+        for path in sorted((keep / f"fold{k}").glob("*/*.json")) + [keep / f"fold{k}" / "teacher_cache.json"]:
+            if path.is_file():
+                target = out / f"fold{k}" / path.relative_to(keep / f"fold{k}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
         restored.append(k)
@@ -747,10 +757,9 @@ def main() -> None:
                    "from, so that a fresh checkout resumes per fold; '' to keep nothing")
     args = p.parse_args()
     folds = [int(f) for f in args.folds.split(",")]
-    if args.keep:
-        restored = restore_folds(Path(args.out), Path(args.keep), folds, args)
-        if restored:
-            print(f"restored finished folds {restored} from {args.keep}", flush=True)
+    args.restored = restore_folds(Path(args.out), Path(args.keep), folds, args) if args.keep else []
+    if args.restored:  # not kept again: their fold.json says which machine made them
+        print(f"restored finished folds {args.restored} from {args.keep}", flush=True)
     if args.only_teacher:
         args.tables_only = False
     if not args.tables_only:
