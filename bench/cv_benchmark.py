@@ -11,8 +11,8 @@ same split, seed and epoch budget. Results per fold land in OUT/fold{k}/{row}/me
 ``--keep`` (default results/cv_runs/, committed), and a run in a fresh checkout restores
 the kept folds made with the same settings (backbone weights, epochs, student, seeds)
 instead of re-running them, so the table can be built across sessions, fold by fold (each
-kept fold records its CPU's vector extensions and package versions: the teacher's runs,
-and every row distilled from it, differ across machines). Then fp32
+kept fold records its CPU's vector extensions and package versions, so that a table
+built from folds of several machines says which made each). Then fp32
 latency per window (1 thread, batch 1, median of warm runs, blocks of each model taking
 turns, all in this one process) is measured and the tables are written to
 results/cv_benchmark.md and results/cv_benchmark.json.
@@ -260,9 +260,8 @@ def _versions() -> dict:
 
 
 def cpu_isa() -> list[str]:
-    """This CPU's vector extensions that select torch's float kernels. The teacher's runs
-    differ across machines (README: folds 0-1), so a table restored from folds of several
-    machines records which made each."""
+    """This CPU's vector extensions, which select torch's float kernels: a kept fold
+    records them, so a table restored from folds of several machines says which made each."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags")).split()
