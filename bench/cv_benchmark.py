@@ -274,17 +274,17 @@ def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
     """Copy each kept fold made with these settings into OUT, so that `run_fold` skips all
     its runs; only into an empty OUT/fold{k} (a fold is never a mix of two runs). Returns
     the folds restored."""
-    restored = []
+    restored, wanted = [], fold_config(args)  # hashes the backbone once, not per fold
     for k in folds:
         cfg = keep / f"fold{k}" / "fold.json"
-        if not cfg.is_file() or json.loads(cfg.read_text()).get("config") != fold_config(args):
+        if not cfg.is_file() or json.loads(cfg.read_text()).get("config") != wanted:
             continue
         if (out / f"fold{k}").exists() and any((out / f"fold{k}").iterdir()):
             print(f"fold {k}: kept in {keep} but {out / f'fold{k}'} is not empty; not restored",
                   flush=True)
             continue
-        for path in sorted((keep / f"fold{k}").glob("*/*.json")) + [keep / f"fold{k}" / "teacher_cache.json"]:
-            if path.is_file():
+        for path in sorted((keep / f"fold{k}").rglob("*.json")):  # all keep_fold wrote
+            if path.name != "fold.json":
                 target = out / f"fold{k}" / path.relative_to(keep / f"fold{k}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
