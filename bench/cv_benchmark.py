@@ -715,9 +715,8 @@ our folds.
 |---|---|---|
 {chr(10).join(cost_lines)}
 
-A run interrupted and resumed counts only the time after its resume (the benchmark was
-restarted while the teacher-scratch rows of folds 0 and 1 were running, so theirs are
-partial). Sum over all runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with
+A run interrupted and resumed (from its last epoch's checkpoint) counts only the time after
+its resume; on this shared machine some runs had other jobs beside them. Sum over all runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with
 2 jobs). Teacher feature cache: one teacher pass over all 1,707 windows took
 {', '.join(f'{c:.0f}' for c in cache_s)} s per fold (once; every feature-using row of the fold reuses it).
 Measured per 32-window batch, 1 thread: the student's training step takes
