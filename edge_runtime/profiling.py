@@ -41,7 +41,7 @@ from edge_runtime.model import open_model
 from edge_runtime.preprocessing import StreamStage, WindowStage, split_ops
 from edge_runtime.stream import StreamingClassifier
 
-N_DISTINCT = 4  # distinct windows cycled through: the data varies, the memory stays small
+N_DISTINCT = 2  # distinct windows cycled through: the data varies, the memory stays small
 
 
 @dataclass(frozen=True)
