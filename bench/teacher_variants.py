@@ -23,6 +23,10 @@ and threshold on the validation subjects only) with one change to `FinetuneConfi
   --batch-size 32`` (about 20 min on 2 cores); the same data and settings otherwise.
 - ``pretrain50-ep16``: that backbone fine-tuned 16 epochs, the two changes that each kept
   every fold >= 0.55.
+- ``layers`` / ``pretrain50-layers``: the ``layers`` head (the channel head on a learned
+  softmax mix of the patch embedding's and every layer's tokens, mixing logits at lr 1e-2)
+  on the committed / the 50-epoch backbone: linear probes lose task information with depth
+  (`results/teacher_layer_probes.md`), best at the patch embedding.
 
 ``base`` is the unchanged recipe's row as committed in `results/cv_benchmark.json` (the
 `teacher` row; not re-run here). Each run writes OUT/VARIANT/fold{k}/metrics.json; a re-run
@@ -44,7 +48,10 @@ VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
             "ep16": {"epochs": 16},
             "pretrain50": {"backbone": "runs/pretrain-e50", "pretrain_epochs": 50},
             "pretrain50-ep16": {"backbone": "runs/pretrain-e50", "pretrain_epochs": 50,
-                                "epochs": 16}}
+                                "epochs": 16},
+            "layers": {"head": "layers"},
+            "pretrain50-layers": {"backbone": "runs/pretrain-e50", "pretrain_epochs": 50,
+                                  "head": "layers"}}
 SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
 
 
@@ -74,6 +81,15 @@ def _test(path: Path) -> dict:
             "selected_epoch": m["selected_epoch"], "seconds": m.get("seconds")}
 
 
+def _mix_weights(run: Path) -> list[float]:
+    """softmax of a fine-tuned ``layers`` head's mixing logits: patch embedding, layers 1..L."""
+    import torch
+    from safetensors.torch import load_file
+
+    return [round(w, 3) for w in torch.softmax(load_file(run / "model.safetensors")["head.mix"],
+                                               0).tolist()]
+
+
 def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
     cv = json.loads((REPO / "results" / "cv_benchmark.json").read_text())["summary"]
     base = [cv["teacher"]["per_fold_bacc"][str(k)] for k in range(6)]
@@ -93,6 +109,8 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
                       "bacc_sd": statistics.stdev(bacc), "worst": min(bacc),
                       "folds_both_classes": sum(runs[k]["both_classes"] for k in range(6)),
                       "selected_epochs": [runs[k]["selected_epoch"] for k in range(6)]}
+        if VARIANTS[v].get("head") == "layers":  # the learned mix: softmax(head.mix) per fold
+            summary[v]["mix_weights"] = [_mix_weights(out_root / v / f"fold{k}") for k in range(6)]
         if "backbone" in VARIANTS[v]:  # what its pre-training reached (dlink pretrain's facts)
             path = REPO / VARIANTS[v]["backbone"] / "pretrain.json"
             if path.is_file():
@@ -126,8 +144,19 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
                      f"{f['val_mse_predicting_zero']:.4f}); the committed backbone's: "
                      f"{ours['steps']} steps, {ours['final_val_mse']:.4f} "
                      f"({ours['val_mse_predicting_zero']:.4f}).\n")
+    for v, r in summary.items():
+        if "mix_weights" in r:
+            lines.append(f"``{v}``: the fine-tuned mix weights (patch embedding, then layers 1 to "
+                         f"{len(r['mix_weights'][0]) - 1}; uniform "
+                         f"{1 / len(r['mix_weights'][0]):.2f}), folds 0 to 5: "
+                         + "; ".join(", ".join(f"{w:.2f}" for w in ws) for ws in r["mix_weights"])
+                         + ".\n")
     lines.append("``base``: the committed teacher row of `results/cv_benchmark.md`; every fold "
-                 "predicted both classes there.")
+                 "predicted both classes there. It, the ``pretrain50*`` and the ``layers`` rows ran on "
+                 "one machine "
+                 "(its CPU is in `results/cv_runs/fold*/fold.json`); the other rows ran in "
+                 "earlier sessions, not necessarily on it; the base's folds 0 and 1 came out "
+                 "0.03 lower here than in the earlier committed run (README).")
     ref = ", ".join(f"{k} {v:.3f}" for k, v in anchors.items())
     return "\n".join(lines) + (f"\n\nOn the same folds (`results/cv_benchmark.md`): {ref}.\n" if ref else "\n"), summary
 

@@ -268,8 +268,9 @@ def finetune(
         int | None, typer.Option(help="Use fold K of the 6-fold subject split instead of the default split.")
     ] = None,
     head: Annotated[str, typer.Option(
-        help="Task head: channel (mean over patches per electrode, BatchNorm, Linear) or mean "
-        "(the release's pooled head).")] = "channel",
+        help="Task head: channel (mean over patches per electrode, BatchNorm, Linear), mean "
+        "(the release's pooled head) or layers (the channel head on a learned mix of every "
+        "layer's tokens, the patch embedding's included; needs --frozen-layers 0).")] = "channel",
     frozen_layers: Annotated[int, typer.Option(
         help="Encoder layers frozen above the (always frozen) patch embedding; their output is "
         "computed once, so an epoch costs only the layers above.")] = 0,

@@ -138,9 +138,13 @@ def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
     layers, logits = [], []
     starts = range(0, len(x), batch_size)
     for i in track(starts, "teacher features", total=len(starts)):
-        hs = teacher.forward_layers(x[i : i + batch_size].to(dev))
+        xb = x[i : i + batch_size].to(dev)
+        hs = teacher.forward_layers(xb)
         layers.append(torch.stack(hs, dim=1).half().cpu())  # (b, L, C, N, d)
-        logits.append(teacher.forward_head(hs[-1]).float().cpu())
+        # a "layers" head also reads the patch embedding, which forward_layers does not return
+        out = teacher(xb) if getattr(teacher, "head_kind", None) == "layers" else \
+            teacher.forward_head(hs[-1])
+        logits.append(out.float().cpu())
     proj = teacher.proj_out[0]  # Linear(d, P), CBraMod's pre-training decoder
     decoder = Decoder(proj.weight.detach().float().cpu(), proj.bias.detach().float().cpu(),
                       fs=float(windows.sfreq))

@@ -54,7 +54,8 @@ class FinetuneConfig(TrainConfig):
     dropout: float = 0.0  # attention / MLP / head dropout (0.1 kept the backbone from fitting)
     label_smoothing: float = 0.0
     class_weighted: bool = True  # inverse-frequency CE weights
-    head: str = "channel"  # "channel" (per-electrode pooled) or "mean" (the release's pooled head)
+    head: str = "channel"  # "channel" (per-electrode pooled), "mean" (the release's), "layers"
+    lr_mix: float = 1e-2  # peak lr of the "layers" head's L + 1 mixing logits (weight decay as the head's)
     frozen_layers: int = 0  # encoder layers frozen (and cached) above the always-frozen embedding
     probe_epochs: int = 15  # head-only warm start on frozen features (0: none)
     tune_threshold: bool = True  # pick the 2-class threshold on validation (module docstring)
@@ -77,10 +78,16 @@ class _UpperTeacher(nn.Module):
         super().__init__()
         self.teacher, self.start = teacher, start
 
-    def forward(self, h: Tensor) -> Tensor:
+    def tokens(self, h: Tensor) -> Tensor:
+        """(B, C, N, d) cached frozen output -> (B, C, N, d) tokens the head reads."""
+        if self.start == 0:  # h is the patch embedding's output
+            return self.teacher.head_tokens(h)
         for layer in self.teacher.encoder.layers[self.start:]:
-            h = layer(h)  # (B, C, N, d)
-        return self.teacher.forward_head(h)  # (B, K)
+            h = layer(h)
+        return h
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.teacher.forward_head(self.tokens(h))  # (B, K)
 
 
 @torch.no_grad()
@@ -128,9 +135,7 @@ def _probe(upper: _UpperTeacher, h_train: Tensor, y: Tensor, weight, cfg: Finetu
 
 @torch.no_grad()
 def _top(upper: _UpperTeacher, h: Tensor) -> Tensor:
-    for layer in upper.teacher.encoder.layers[upper.start:]:
-        h = layer(h)
-    return h
+    return upper.tokens(h)
 
 
 def finetune(teacher_weights: Path | None, windows: Windows, split: Split, out_dir: Path,
@@ -141,6 +146,8 @@ def finetune(teacher_weights: Path | None, windows: Windows, split: Split, out_d
     "test": {...}, ...}``. With ``cfg.from_scratch`` the backbone is randomly initialised
     (``teacher_weights`` then only names the architecture, or None for CBraMod-small)."""
     cfg = cfg or FinetuneConfig()
+    if cfg.head == "layers" and cfg.frozen_layers:
+        raise ConfigError("the 'layers' head reads every layer's tokens; it needs frozen_layers=0.")
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)
@@ -192,10 +199,14 @@ def finetune(teacher_weights: Path | None, windows: Windows, split: Split, out_d
         _set_threshold(model, -threshold["bias"]) if tune else None
 
     trainable = [p for p in model.encoder.layers[cfg.frozen_layers:].parameters()]
+    head = dict(model.head.named_parameters())
+    groups = [{"params": trainable, "lr": cfg.lr},
+              {"params": [p for n, p in head.items() if n != "mix"], "lr": cfg.lr_head}]
+    if "mix" in head:  # the "layers" head's mixing logits: few, and far from their optimum
+        groups.append({"params": [head["mix"]], "lr": cfg.lr_mix})
     result = train_loop(
         modules={"teacher": net},
-        param_groups=[{"params": trainable, "lr": cfg.lr},
-                      {"params": list(model.head.parameters()), "lr": cfg.lr_head}],
+        param_groups=groups,
         n_train=len(h_train), cfg=cfg, loss_fn=loss_fn, evaluate=evaluate,
         select="bacc_tuned" if tune else ("auroc" if K == 2 else "bacc"),
         on_best=save, out_dir=out_dir, description="finetune teacher",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +82,54 @@ def test_no_head_and_reset_classifier(tiny):
     assert headless(x).shape == (2, 40)  # n_outputs=0: pooled features
     headless.reset_classifier(5)
     assert headless(x).shape == (2, 5)
+
+
+def test_layers_head_mixes_every_depth_and_round_trips(tiny, tmp_path):
+    """The ``layers`` head: uniform mixing logits at first, a mix concentrated on the last
+    layer is the ``channel`` head, and the mix survives save/load (under ``head.*``)."""
+    x = patchify(_x())
+    tiny.reset_classifier(2, "layers", n_chans=3)
+    tiny.eval()  # the fresh head's BatchNorm: running statistics
+    assert torch.equal(tiny.head.mix, torch.zeros(tiny.n_layers + 1))
+    assert "head.mix" not in tiny.backbone_state_dict() and "head.mix" in tiny.state_dict()
+    with torch.no_grad():
+        tiny.head.mix[:] = torch.tensor([-1e4] * tiny.n_layers + [1e4])  # last layer only
+    channel = cbramod("tiny", n_outputs=2, head="channel", n_chans=3).eval()
+    channel.load_state_dict({k: v for k, v in tiny.state_dict().items() if k != "head.mix"})
+    assert torch.allclose(tiny(x), channel(x))
+    with torch.no_grad():
+        tiny.head.mix[:] = torch.tensor([1e4] + [-1e4] * tiny.n_layers)  # embedding only
+    emb = tiny.patch_embedding(x)
+    assert torch.allclose(tiny.forward_features(x), emb)
+    save_teacher(tiny, tmp_path / "t")
+    back = load_teacher(tmp_path / "t").eval()
+    assert back.head_kind == "layers" and torch.allclose(back(x), tiny(x))
+    with pytest.raises(ConfigError, match="n_chans"):
+        cbramod("tiny", n_outputs=2, head="layers")
+
+
+def test_layers_head_needs_every_layer_trainable(tmp_path):
+    from dlink.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(ConfigError, match="frozen_layers=0"):  # before any data is touched
+        finetune(None, None, None, tmp_path, FinetuneConfig(head="layers", frozen_layers=1))
+
+
+def test_distillation_cache_takes_the_layers_heads_logits(tiny):
+    """`cache_teacher` keeps the logits the teacher itself gives, mix included."""
+    from dlink.data import Windows
+    from dlink.distill import cache_teacher
+
+    tiny.reset_classifier(2, "layers", n_chans=3)
+    tiny.eval()
+    with torch.no_grad():
+        tiny.head.mix[:] = torch.arange(tiny.n_layers + 1.0)
+    X = (_x(B=4) * 100).numpy()  # µV
+    windows = Windows(X=X, y=np.array([0, 1, 0, 1]), subject=np.array(["a"] * 4), sfreq=200.0,
+                      ch_names=["C3", "Cz", "C4"], class_names=["rest", "task"], name="t")
+    with torch.no_grad():
+        cache = cache_teacher(tiny, windows)
+        assert torch.allclose(cache.logits, tiny(patchify(torch.from_numpy(X * 0.01))), atol=1e-5)
 
 
 def test_mask_replaces_patches_with_mask_token(tiny):

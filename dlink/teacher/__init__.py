@@ -31,7 +31,8 @@ class Teacher(Protocol):
         ...
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, N, P) -> (B, C, N, d), the last layer's tokens."""
+        """(B, C, N, P) -> (B, C, N, d), the tokens the head reads (the last layer's, unless
+        the head mixes layers)."""
         ...
 
     def forward_head(self, features: Tensor) -> Tensor:

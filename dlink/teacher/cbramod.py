@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from dlink.errors import ConfigError
 from dlink.signal import SignalSpec
 
-HEADS = ("mean", "channel")  # task-head kinds, see CBraMod
+HEADS = ("mean", "channel", "layers")  # task-head kinds, see CBraMod
 HEAD_PREFIX = "head."  # state_dict keys of our task head; everything else is the backbone
 
 # The first conv of the patch encoder: kernel 49, stride 25, padding 24 (official values).
@@ -253,8 +253,13 @@ class CBraMod(nn.Module):
       to (B, C*d), BatchNorm, dropout, ``nn.Linear(C*d, n_outputs)``. Keeps the montage,
       still avoids the release's flatten-MLP over C*N*d (``Linear(C*N*d, N*d)`` -> ...),
       which overfits and ties the head to one window length.
+    - ``"layers"`` (needs ``n_chans``): the ``channel`` head on a learned mix of the patch
+      embedding's and every encoder layer's tokens, weights softmax(``head.mix``) (L + 1
+      logits, uniform at first; ELMo's scalar mix). On EEGMAT a linear probe loses task
+      information with depth, from the patch embedding to the last layer
+      (``bench/teacher_layer_probes.py``), so the head is let read every depth.
 
-    Neither matches braindecode's ``final_layer``; the head is trained during fine-tuning.
+    None matches braindecode's ``final_layer``; the head is trained during fine-tuning.
 
     ``proj_out`` is the pre-training head that reconstructs masked patches; it is kept so
     the released weights load strictly, and is not used by ``forward``.
@@ -298,17 +303,19 @@ class CBraMod(nn.Module):
         n_chans = n_chans or getattr(self, "head_chans", None)
         if head not in HEADS:
             raise ConfigError(f"unknown teacher head {head!r}; choose one of {HEADS}.")
-        if head == "channel" and not n_chans:
-            raise ConfigError("the 'channel' head needs n_chans (the number of EEG channels).")
+        if head in ("channel", "layers") and not n_chans:
+            raise ConfigError(f"the {head!r} head needs n_chans (the number of EEG channels).")
         self.n_outputs, self.head_kind = int(n_outputs), head
-        self.head_chans = int(n_chans) if head == "channel" else None
+        self.head_chans = int(n_chans) if head in ("channel", "layers") else None
         if n_outputs <= 0:
             self.head = nn.Identity()
-        elif head == "channel":
+        elif head in ("channel", "layers"):
             width = self.head_chans * self.d_model
             self.head = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, n_outputs))
         else:
             self.head = nn.Linear(self.d_model, n_outputs)
+        if head == "layers":  # under head.*: the backbone's keys stay the release's
+            self.head.register_parameter("mix", nn.Parameter(torch.zeros(self.n_layers + 1)))
 
     @property
     def head_config(self) -> dict:
@@ -343,14 +350,28 @@ class CBraMod(nn.Module):
         return outs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, N, P) patches in µV / 100 -> (B, C, N, d) last-layer tokens."""
+        """(B, C, N, P) patches in µV / 100 -> (B, C, N, d) tokens the head reads."""
         self._check_input(x)
-        return self.encoder(self.patch_embedding(x))
+        return self.head_tokens(self.patch_embedding(x))
+
+    def head_tokens(self, h: Tensor) -> Tensor:
+        """(B, C, N, d) patch-embedding output -> the (B, C, N, d) tokens the head reads: the
+        last layer's, or with the ``layers`` head their softmax(``head.mix``)-weighted sum
+        over the embedding and every layer."""
+        mix = getattr(self.head, "mix", None)
+        if mix is None:
+            return self.encoder(h)
+        w = torch.softmax(mix, dim=0)  # (L + 1,)
+        out = w[0] * h
+        for i, layer in enumerate(self.encoder.layers, start=1):
+            h = layer(h)
+            out = out + w[i] * h
+        return out
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, C, N, d) tokens -> (B, n_outputs) logits, or the pooled features if
-        ``pre_logits``: (B, d) for the mean head, (B, C*d) for the channel head."""
-        if self.head_kind == "channel":
+        ``pre_logits``: (B, d) for the mean head, (B, C*d) for the channel and layers heads."""
+        if self.head_kind in ("channel", "layers"):
             pooled = features.mean(dim=2).flatten(1)  # (B, C*d)
         else:
             pooled = features.mean(dim=(1, 2))  # (B, d)
