@@ -13,7 +13,8 @@ are chosen on the validation subjects; BAcc on the test subjects. Band-power fea
 (`dlink.bandpower`, C x 5 log band powers) go through the same probe as a reference.
 
 This is the linear-probe step of the teacher's LP-FT recipe, at every depth instead of the
-last only. Writes OUT/teacher_layer_probes.md and .json (about 6 min per backbone on 1 core).
+last only. Writes OUT/teacher_layer_probes.md, .json and .png (about 6 min per backbone on
+1 core).
 """
 
 from __future__ import annotations
@@ -112,8 +113,41 @@ def main() -> None:
         b = r["bacc"]
         lines.append(f"| {name} | {statistics.mean(b):.3f} ± {statistics.stdev(b):.3f} | "
                      f"{statistics.mean(r['auroc']):.3f} | {', '.join(f'{v:.3f}' for v in b)} |")
+    lines += ["", "![test AUROC by depth](teacher_layer_probes.png)"]
     (out / "teacher_layer_probes.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'teacher_layer_probes.md'}")
+    plot(rows, out / "teacher_layer_probes.png")
+    print(f"wrote {out / 'teacher_layer_probes.md'} and .png")
+
+
+def plot(rows: dict, path: Path) -> None:
+    """Left: test AUROC (mean over folds) against depth, one line per backbone, band power
+    as a reference. Right: each depth's AUROC minus the patch embedding's, paired per fold
+    (mean ± sd): the folds differ more from each other than the depths do."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 3.8), layout="constrained")
+    ax, dx = fig.subplots(1, 2)
+    for name in BACKBONES:
+        auroc = np.array([r["auroc"] for key, r in rows.items() if key.startswith(f"{name}: ")])
+        if not auroc.size:
+            continue
+        depth = np.arange(len(auroc))  # (depths, folds)
+        line = ax.plot(depth, auroc.mean(1), marker="o", label=name)[0]
+        diff = auroc - auroc[:1]
+        dx.errorbar(depth, diff.mean(1), yerr=diff.std(1, ddof=1), marker="o", capsize=3,
+                    color=line.get_color(), label=name)
+    bp = statistics.mean(rows["band-power (C x 5)"]["auroc"])
+    ax.axhline(bp, color="k", ls="--", lw=1, label=f"band power ({bp:.3f})")
+    dx.axhline(0, color="k", lw=0.8)
+    ticks = ["embed"] + [str(i) for i in range(1, len(depth))]
+    ax.set(xlabel="depth (patch embedding, then encoder layer)", ylabel="test AUROC, mean of 6 folds",
+           title="Linear probe on the frozen teacher's tokens")
+    dx.set(xlabel="depth", ylabel="AUROC − patch embedding's, same fold",
+           title="Paired per fold (mean ± sd)")
+    for a in (ax, dx):
+        a.set_xticks(depth, ticks)
+        a.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
