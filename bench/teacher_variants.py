@@ -31,6 +31,14 @@ and threshold on the validation subjects only) with one change to `FinetuneConfi
 ``base`` is the unchanged recipe's row as committed in `results/cv_benchmark.json` (the
 `teacher` row; not re-run here). Each run writes OUT/VARIANT/fold{k}/metrics.json; a re-run
 skips those. Writes results/teacher_variants.md and .json.
+
+    python bench/teacher_variants.py --out runs/teacher-variants --jobs 2 \
+        --variants pretrain50-ep16 --distill
+
+``--distill`` also distils the `dlink` row of `bench/cv_benchmark.py` (same student, method,
+epochs and seeds k, k + 10, k + 20) from each fold's fine-tuned variant teacher into
+OUT/VARIANT/fold{k}/dlink*, and the tables compare it, paired per fold, with the benchmark's
+`dlink` row: does a better teacher make a better student?
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ VARIANTS = {"frozen2": {"frozen_layers": 2}, "frozen4": {"frozen_layers": 4},
             "pretrain50-layers": {"backbone": "runs/pretrain-e50", "pretrain_epochs": 50,
                                   "head": "layers"}}
 SHALLOW, BANDPOWER = "shallowconvnet", "bandpower-lr"  # the rows the teacher is held against
+CV_DLINK = {"student": "mic-s", "epochs": 12, "seeds": 3}  # bench/cv_benchmark.py's dlink row
+
+
+def dlink_runs(k: int) -> list[tuple[str, int]]:
+    """(folder, seed) of the benchmark's dlink runs in fold k (its `seed_dirs`)."""
+    return [("dlink" if s == 0 else f"dlink@seed{s}", k + 10 * s) for s in range(CV_DLINK["seeds"])]
 
 
 def run_one(job: tuple) -> None:
@@ -72,6 +86,28 @@ def run_one(job: tuple) -> None:
     change.pop("pretrain_epochs", None)
     backbone = REPO / change.pop("backbone", "dlink/pretrained/cbramod-small-eegmat")
     finetune(backbone, windows, split, out, FinetuneConfig(**{"epochs": 8, "seed": k, **change}))
+
+
+def distill_one(job: tuple) -> None:
+    """The benchmark's `dlink` run of fold k and one seed, from the variant's teacher."""
+    variant, k, name, seed, out_root = job
+    teacher_dir = Path(out_root) / variant / f"fold{k}"
+    out = teacher_dir / name
+    if (out / "metrics.json").is_file():
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    from dlink.data import kfold_subjects, load_windows
+    from dlink.distill import DistillConfig, cache_teacher, distill
+    from dlink.teacher import load_teacher
+
+    windows = load_windows("eegmat")
+    split = kfold_subjects(windows, k=6, seed=0)[k]
+    cache = cache_teacher(load_teacher(teacher_dir), windows)
+    cfg = DistillConfig(student=CV_DLINK["student"], method="dlink", epochs=CV_DLINK["epochs"],
+                        seed=seed)
+    distill(teacher_dir, windows, split, out, cfg, cache=cache)
 
 
 def _test(path: Path) -> dict:
@@ -119,6 +155,15 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
                     "epochs", "steps", "final_val_mse", "val_mse_predicting_zero")}
             elif "pretraining" in earlier.get(v, {}):  # runs/ is not kept: the committed facts
                 summary[v]["pretraining"] = earlier[v]["pretraining"]
+    cv_dlink = [cv["dlink"]["per_fold_bacc"][str(k)] for k in range(6)]
+    for v in variants:
+        runs = [[out_root / v / f"fold{k}" / name / "metrics.json" for name, _ in dlink_runs(k)]
+                for k in range(6)]
+        if all(p.is_file() for fold in runs for p in fold):
+            summary[v]["dlink_per_fold"] = [statistics.mean(
+                json.loads(p.read_text())["test"]["bacc"] for p in fold) for fold in runs]
+        elif "dlink_per_fold" in earlier.get(v, {}):
+            summary[v]["dlink_per_fold"] = earlier[v]["dlink_per_fold"]
     anchors = {r: cv[r]["bacc"][0] for r in (SHALLOW, BANDPOWER) if r in cv}
     lines = ["| variant | BAcc (mean ± sd over folds) | worst fold | folds ≥ 0.55 | − base (folds won) | selected epochs |",
              "|---|---|---|---|---|---|"]
@@ -130,6 +175,22 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
         lines.append(f"| {v} | {r['bacc']:.3f} ± {r['bacc_sd']:.3f} | {r['worst']:.3f} | "
                      f"{sum(b >= 0.55 for b in r['bacc_per_fold'])} / 6 | {diff} | "
                      f"{', '.join(map(str, r['selected_epochs']))} |")
+    distilled = [v for v, r in summary.items() if "dlink_per_fold" in r]
+    if distilled:
+        lines += ["", "DLink (the benchmark's `dlink` row: student, epochs and 3 seeds per fold "
+                  "unchanged) distilled from the variant's teacher, against the benchmark's "
+                  "`dlink` row (distilled from `base`):", "",
+                  "| teacher | teacher BAcc | DLink BAcc (mean ± sd over folds) | − benchmark DLink "
+                  "(folds won) | DLink per fold |", "|---|---|---|---|---|",
+                  f"| base | {summary['base']['bacc']:.3f} | {statistics.mean(cv_dlink):.3f} ± "
+                  f"{statistics.stdev(cv_dlink):.3f} | – | "
+                  f"{', '.join(f'{b:.3f}' for b in cv_dlink)} |"]
+        for v in distilled:
+            d = summary[v]["dlink_per_fold"]
+            diff = [a - b for a, b in zip(d, cv_dlink)]
+            lines.append(f"| {v} | {summary[v]['bacc']:.3f} | {statistics.mean(d):.3f} ± "
+                         f"{statistics.stdev(d):.3f} | {statistics.mean(diff):+.3f} "
+                         f"({sum(x > 0 for x in diff)} / 6) | {', '.join(f'{b:.3f}' for b in d)} |")
     lines.append("")
     ours = json.loads((REPO / "dlink/pretrained/cbramod-small-eegmat/pretrain.json").read_text())
     by_backbone: dict[str, list[str]] = {}
@@ -166,6 +227,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/teacher-variants")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--distill", action="store_true",
+                    help="also distil the benchmark's dlink row from each variant's teachers")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -181,6 +244,10 @@ def main() -> None:
     jobs = [(v, k, args.out) for v in variants for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))
+        if args.distill:
+            distill_jobs = [(v, k, name, seed, args.out) for v in variants for k in range(6)
+                            for name, seed in dlink_runs(k)]
+            list(pool.imap_unordered(distill_one, distill_jobs))
     table, summary = tables(Path(args.out), list(VARIANTS))
     doc = (f"# Teacher fine-tuning variants, 6 folds\n\nWritten by `python bench/teacher_variants.py "
            f"--out {args.out} --jobs {args.jobs}` (a row whose folds are not all in OUT keeps "
