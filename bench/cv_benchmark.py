@@ -211,7 +211,7 @@ def _fold_worker(k, args):
     try:
         run_fold(k, args)
         if args.keep and not args.only_teacher and k not in args.restored:
-            keep_fold(Path(args.out), Path(args.keep), k, args)
+            keep_fold(Path(args.out), Path(args.keep), k, args.fold_config)
     except Exception as exc:  # report and let the parent fail
         print(f"[fold {k}] failed: {exc!r}", file=sys.stderr, flush=True)
         raise
@@ -236,10 +236,10 @@ def fold_config(args) -> dict:
     return cfg
 
 
-def keep_fold(out: Path, keep: Path, k: int, args) -> None:
+def keep_fold(out: Path, keep: Path, k: int, config: dict) -> None:
     """Copy a finished fold's small result files (OUT/fold{k}/RUN/{metrics,history}.json) to
-    KEEP/fold{k}/, which is committed: a fresh checkout then resumes per fold (weights and
-    caches stay in OUT)."""
+    KEEP/fold{k}/, which is committed, with ``config`` (`fold_config`): a fresh checkout then
+    resumes per fold (weights and caches stay in OUT)."""
     src, dst = out / f"fold{k}", keep / f"fold{k}"
     if dst.exists():
         shutil.rmtree(dst)
@@ -250,7 +250,7 @@ def keep_fold(out: Path, keep: Path, k: int, args) -> None:
     if (src / "teacher_cache.json").is_file():  # the table's teacher-cache time
         shutil.copy2(src / "teacher_cache.json", dst / "teacher_cache.json")
     (dst / "fold.json").write_text(json.dumps(
-        {"config": fold_config(args), "cpu": cpu_isa(), "packages": _versions()}, indent=1))
+        {"config": config, "cpu": cpu_isa(), "packages": _versions()}, indent=1))
 
 
 def _versions() -> dict:
@@ -270,14 +270,14 @@ def cpu_isa() -> list[str]:
     return sorted(set(flags) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
 
 
-def restore_folds(out: Path, keep: Path, folds: list[int], args) -> list[int]:
-    """Copy each kept fold made with these settings into OUT, so that `run_fold` skips all
-    its runs; only into an empty OUT/fold{k} (a fold is never a mix of two runs). Returns
-    the folds restored."""
-    restored, wanted = [], fold_config(args)  # hashes the backbone once, not per fold
+def restore_folds(out: Path, keep: Path, folds: list[int], config: dict) -> list[int]:
+    """Copy each kept fold made with settings ``config`` (`fold_config`) into OUT, so that
+    `run_fold` skips all its runs; only into an empty OUT/fold{k} (a fold is never a mix of
+    two runs). Returns the folds restored."""
+    restored = []
     for k in folds:
         cfg = keep / f"fold{k}" / "fold.json"
-        if not cfg.is_file() or json.loads(cfg.read_text()).get("config") != wanted:
+        if not cfg.is_file() or json.loads(cfg.read_text()).get("config") != config:
             continue
         if (out / f"fold{k}").exists() and any((out / f"fold{k}").iterdir()):
             print(f"fold {k}: kept in {keep} but {out / f'fold{k}'} is not empty; not restored",
@@ -716,8 +716,8 @@ our folds.
 {chr(10).join(cost_lines)}
 
 A run interrupted and resumed (from its last epoch's checkpoint) counts only the time after
-its resume; on this shared machine some runs had other jobs beside them. Sum over all runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with
-2 jobs). Teacher feature cache: one teacher pass over all 1,707 windows took
+its resume; on this shared machine some runs had other jobs beside them. Sum over all
+runs: {total_min:.0f} CPU-thread minutes (about {total_min / 2:.0f} wall minutes with 2 jobs). Teacher feature cache: one teacher pass over all 1,707 windows took
 {', '.join(f'{c:.0f}' for c in cache_s)} s per fold (once; every feature-using row of the fold reuses it).
 Measured per 32-window batch, 1 thread: the student's training step takes
 {cache_benefit['student_step_s'] * 1e3:.0f} ms with cached features and the frozen teacher's forward pass
@@ -755,7 +755,9 @@ def main() -> None:
                    "from, so that a fresh checkout resumes per fold; '' to keep nothing")
     args = p.parse_args()
     folds = [int(f) for f in args.folds.split(",")]
-    args.restored = restore_folds(Path(args.out), Path(args.keep), folds, args) if args.keep else []
+    args.fold_config = fold_config(args) if args.keep else None  # hashes the backbone once
+    args.restored = restore_folds(Path(args.out), Path(args.keep), folds,
+                                  args.fold_config) if args.keep else []
     if args.restored:  # not kept again: their fold.json says which machine made them
         print(f"restored finished folds {args.restored} from {args.keep}", flush=True)
     if args.only_teacher:

@@ -32,19 +32,21 @@ BACKBONES = {"committed (5 epochs)": "dlink/pretrained/cbramod-small-eegmat",
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def layer_features(backbone: Path, X: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
-    """(n, C, T) µV windows -> per depth (patch embedding, then each encoder layer) the
-    (n, C*d) per-electrode patch means of the frozen backbone's tokens."""
+def layer_features(backbone: Path, windows, batch_size: int = 64) -> list[np.ndarray]:
+    """n windows -> per depth (patch embedding, then each encoder layer) the (n, C*d)
+    per-electrode patch means of the frozen backbone's tokens."""
     import torch
 
-    from dlink.teacher import load_teacher, patchify
+    from dlink.finetune import teacher_input
+    from dlink.teacher import load_teacher
 
     torch.set_num_threads(1)
     model = load_teacher(backbone).eval()
+    patches = teacher_input(windows)  # (n, C, N, P) in µV / 100, as the teacher is fed
     depths: list[list[np.ndarray]] = [[] for _ in range(model.n_layers + 1)]
     with torch.no_grad():
-        for i in range(0, len(X), batch_size):
-            x = patchify(torch.from_numpy(X[i:i + batch_size] * 0.01).float())  # µV / 100
+        for i in range(0, len(patches), batch_size):
+            x = patches[i:i + batch_size]
             h = model.patch_embedding(x)  # (B, C, N, d)
             outs = [h, *[h := layer(h) for layer in model.encoder.layers]]
             for store, o in zip(depths, outs):
@@ -94,7 +96,7 @@ def main() -> None:
         if not (REPO / path).is_dir():
             print(f"{path} not found: skipping {name}")
             continue
-        for depth, F in enumerate(layer_features(REPO / path, w.X)):
+        for depth, F in enumerate(layer_features(REPO / path, w)):
             label = "patch embedding" if depth == 0 else f"layer {depth}"
             rows[f"{name}: {label}"] = probe(F, y, subject, splits)
             print(f"{name} {label}: {statistics.mean(rows[f'{name}: {label}']['bacc']):.3f}",

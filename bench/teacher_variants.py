@@ -65,8 +65,10 @@ CV_DLINK = {"student": "mic-s", "epochs": 12, "seeds": 3}  # bench/cv_benchmark.
 
 
 def dlink_runs(k: int) -> list[tuple[str, int]]:
-    """(folder, seed) of the benchmark's dlink runs in fold k (its `seed_dirs`)."""
-    return [("dlink" if s == 0 else f"dlink@seed{s}", k + 10 * s) for s in range(CV_DLINK["seeds"])]
+    """(folder, seed) of the benchmark's dlink runs in fold k."""
+    from cv_benchmark import seed_dirs  # bench/ is on sys.path when a bench script runs
+
+    return seed_dirs("dlink", k, CV_DLINK["seeds"])
 
 
 def run_one(job: tuple) -> None:

@@ -117,7 +117,7 @@ def _probe(upper: _UpperTeacher, h_train: Tensor, y: Tensor, weight, cfg: Finetu
     teacher = upper.teacher
     with torch.no_grad():
         teacher.eval()
-        feats = torch.cat([teacher.forward_head(_top(upper, h_train[i:i + 64].float()), pre_logits=True)
+        feats = torch.cat([teacher.forward_head(upper.tokens(h_train[i:i + 64].float()), pre_logits=True)
                            for i in range(0, len(h_train), 64)])  # (n, C*d) or (n, d)
     opt = torch.optim.AdamW(teacher.head.parameters(), lr=3e-4, weight_decay=cfg.weight_decay)
     teacher.head.train()
@@ -131,11 +131,6 @@ def _probe(upper: _UpperTeacher, h_train: Tensor, y: Tensor, weight, cfg: Finetu
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-
-
-@torch.no_grad()
-def _top(upper: _UpperTeacher, h: Tensor) -> Tensor:
-    return upper.tokens(h)
 
 
 def finetune(teacher_weights: Path | None, windows: Windows, split: Split, out_dir: Path,

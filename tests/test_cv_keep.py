@@ -36,7 +36,7 @@ def test_a_kept_fold_is_restored_only_under_its_settings(tmp_path):
             (out / "fold2" / run / name).write_text(json.dumps({"run": run, "file": name}))
     (out / "fold2" / "teacher" / "model.safetensors").write_bytes(b"weights stay out")
     (out / "fold2" / "teacher_cache.json").write_text(json.dumps({"seconds": 11.0}))
-    cv.keep_fold(out, keep, 2, _args())
+    cv.keep_fold(out, keep, 2, cv.fold_config(_args()))
     kept = sorted(str(p.relative_to(keep)) for p in keep.rglob("*") if p.is_file())
     assert kept == ["fold2/dlink@seed1/metrics.json", "fold2/fold.json",
                     "fold2/teacher/history.json", "fold2/teacher/metrics.json",
@@ -44,14 +44,14 @@ def test_a_kept_fold_is_restored_only_under_its_settings(tmp_path):
     assert set(json.loads((keep / "fold2/fold.json").read_text())) == {"config", "cpu", "packages"}
 
     fresh = tmp_path / "fresh"
-    assert cv.restore_folds(fresh, keep, [0, 2], _args(student_epochs=24)) == []
+    assert cv.restore_folds(fresh, keep, [0, 2], cv.fold_config(_args(student_epochs=24))) == []
     assert not fresh.exists()
-    assert cv.restore_folds(fresh, keep, [0, 2], _args()) == [2]
+    assert cv.restore_folds(fresh, keep, [0, 2], cv.fold_config(_args())) == [2]
     assert json.loads((fresh / "fold2/dlink@seed1/metrics.json").read_text())["run"] == "dlink@seed1"
     assert cv.collect(fresh)["teacher"] == {2: [{"run": "teacher", "file": "metrics.json"}]}
     assert (fresh / "fold2/teacher_cache.json").is_file()
     # a fold already (partly) in OUT is never overwritten or mixed with a kept one
-    assert cv.restore_folds(fresh, keep, [2], _args()) == []
+    assert cv.restore_folds(fresh, keep, [2], cv.fold_config(_args())) == []
     # a fold.json of another format is not restored, and does not stop the benchmark
     (keep / "fold2/fold.json").write_text(json.dumps({"teacher_epochs": "8"}))
-    assert cv.restore_folds(tmp_path / "other", keep, [2], _args()) == []
+    assert cv.restore_folds(tmp_path / "other", keep, [2], cv.fold_config(_args())) == []

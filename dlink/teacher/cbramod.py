@@ -33,6 +33,7 @@ from dlink.errors import ConfigError
 from dlink.signal import SignalSpec
 
 HEADS = ("mean", "channel", "layers")  # task-head kinds, see CBraMod
+PER_ELECTRODE_HEADS = ("channel", "layers")  # pool per electrode: need n_chans
 HEAD_PREFIX = "head."  # state_dict keys of our task head; everything else is the backbone
 
 # The first conv of the patch encoder: kernel 49, stride 25, padding 24 (official values).
@@ -303,13 +304,13 @@ class CBraMod(nn.Module):
         n_chans = n_chans or getattr(self, "head_chans", None)
         if head not in HEADS:
             raise ConfigError(f"unknown teacher head {head!r}; choose one of {HEADS}.")
-        if head in ("channel", "layers") and not n_chans:
+        if head in PER_ELECTRODE_HEADS and not n_chans:
             raise ConfigError(f"the {head!r} head needs n_chans (the number of EEG channels).")
         self.n_outputs, self.head_kind = int(n_outputs), head
-        self.head_chans = int(n_chans) if head in ("channel", "layers") else None
+        self.head_chans = int(n_chans) if head in PER_ELECTRODE_HEADS else None
         if n_outputs <= 0:
             self.head = nn.Identity()
-        elif head in ("channel", "layers"):
+        elif head in PER_ELECTRODE_HEADS:
             width = self.head_chans * self.d_model
             self.head = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, n_outputs))
         else:
@@ -371,7 +372,7 @@ class CBraMod(nn.Module):
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, C, N, d) tokens -> (B, n_outputs) logits, or the pooled features if
         ``pre_logits``: (B, d) for the mean head, (B, C*d) for the channel and layers heads."""
-        if self.head_kind in ("channel", "layers"):
+        if self.head_kind in PER_ELECTRODE_HEADS:
             pooled = features.mean(dim=2).flatten(1)  # (B, C*d)
         else:
             pooled = features.mean(dim=(1, 2))  # (B, d)
