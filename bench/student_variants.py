@@ -36,7 +36,16 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
   (square instead of ReLU, as ShallowConvNet) -- patched, not shipped: what a log-power
   front end would be worth;
 - ``eg2`` / ``eg3``: a saturating envelope (ReLU6 after an envelope initialised to 2x / 3x
-  the patch mean) -- implemented here by patching the model, not shipped.
+  the patch mean) -- implemented here by patching the model, not shipped;
+- ``bp``: the filter bank initialised to band-pass filters splitting 1-45 Hz
+  (``filter_init="bandpass"``) instead of at random; with ``fl49``/``fl99`` (``bp+fl99``)
+  the longer filters can separate theta from alpha;
+- ``last`` / ``last-ep6``: no model selection: the student after its last epoch (12 / 6
+  epochs) instead of the epoch of best validation AUROC (4 validation subjects pick
+  epochs 1-12 and often 1-2; is the choice itself noise?) -- patched, not a config option;
+- ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; any two
+  or more of the architecture and training variants above can be joined on the command
+  line): do the single gains add up?
 
 Besides test BAcc it reports the logit SQNR of the simulated int8 deployed graph
 (`dlink.qat.Int8Sim`, 256 training windows for the ranges, the test subjects for the
@@ -50,7 +59,9 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +70,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", "drop0.5",
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
             "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs", "s8", "s16-w24", "f32",
-            "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24"]
+            "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24", "bp",
+            "bp+fl49", "bp+fl99", "last", "last-ep6", "clip100+xs", "clip100+fl49", "clip100+ep30"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
@@ -68,13 +80,15 @@ ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "im": {"input_mix": True}, "im-xs": {"input_mix": True, **XS},
         "tsh": {"time_shared_head": True}, "tsh-xs": {"time_shared_head": True, **XS},
         "s8": {"n_virtual": 8}, "s16-w24": {"n_virtual": 16, "width": 24},
-        "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24}}  # student kwargs
+        "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24},
+        "bp": {"filter_init": "bandpass"}}  # student kwargs
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
             "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4},
             "s16-w24-ep30": {"epochs": 30}, "crop": {"crop_jitter": True},
-            "crop-ep24": {"crop_jitter": True, "epochs": 24}}  # DistillConfig fields changed
+            "crop-ep24": {"crop_jitter": True, "epochs": 24},
+            "last-ep6": {"epochs": 6}}  # DistillConfig fields changed
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -121,6 +135,26 @@ def _log_envelope(square: bool) -> None:
 PATCHED = ("eg2", "eg3", "log", "sqlog")  # graphs the int8 simulation and export do not know
 
 
+def combined(variant: str) -> tuple[dict, dict]:
+    """(student kwargs, DistillConfig fields) a variant changes; ``A+B`` merges A's and B's."""
+    parts = variant.split("+")
+    arch = {k: v for p in parts for k, v in ARCH.get(p, {}).items()}
+    training = {k: v for p in parts for k, v in TRAINING.get(p, {}).items()}
+    return arch, training
+
+
+def check_variants(variants: list[str]) -> None:
+    """SystemExit naming the unknown variants (a combination may join only the variants
+    that change student kwargs or training fields)."""
+    composable = set(ARCH) | set(TRAINING)
+    unknown = sorted(v for v in variants if v not in VARIANTS and not (
+        "+" in v and all(p in composable for p in v.split("+"))))
+    if unknown:
+        raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; choose "
+                         f"from {', '.join(VARIANTS)}, or join {', '.join(sorted(composable))} "
+                         "with '+'.")
+
+
 def run_one(job: tuple) -> None:
     variant, k, s, out_root = job
     out = Path(out_root) / variant / f"fold{k}" / f"seed{s}"
@@ -144,15 +178,20 @@ def run_one(job: tuple) -> None:
         _saturating_envelope(float(variant[2:]))
     if variant in ("log", "sqlog"):
         _log_envelope(square=variant == "sqlog")
+    if any(p.startswith("last") for p in variant.split("+")):
+        import dlink.distill
+
+        dlink.distill.selection_metric = lambda n_classes: None  # keep the last epoch
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
+    arch, training = combined(variant)
     cfg = DistillConfig(**{"student": "mic-s", "method": "no-kd", "epochs": 12, "seed": k + 10 * s,
-                           **TRAINING.get(variant, {})})
-    if variant in ARCH:
+                           **training})
+    if arch:
         import dlink.student as st
 
-        st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {ARCH[variant]}",
-                            **{**MIC_S, **ARCH[variant]})
+        st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}",
+                            **{**MIC_S, **arch})
         cfg.student = f"mic-s-{variant}"
     distill(None, windows, split, out, cfg)
     model = load_student(out).eval()
@@ -174,12 +213,17 @@ def run_one(job: tuple) -> None:
     (out / "result.json").write_text(json.dumps(result))
 
 
-def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
+def tables(out_root: Path, variants: list[str], carried: dict) -> tuple[str, dict]:
+    """Markdown table and summary of every variant run on all 6 folds in ``out_root``; a
+    variant with no run there takes its entry from ``carried`` (a previous summary)."""
     summary = {}
     for v in variants:
         per_fold = {}
         for f in sorted((out_root / v).glob("fold*/seed*/result.json")):
             per_fold.setdefault(int(f.parts[-3][4:]), []).append(json.loads(f.read_text()))
+        if not per_fold and v in carried:
+            summary[v] = {**carried[v], "carried": True}
+            continue
         if len(per_fold) < 6:
             continue
         bacc = [statistics.mean(r["bacc"] for r in per_fold[k]) for k in range(6)]
@@ -197,7 +241,8 @@ def tables(out_root: Path, variants: list[str]) -> tuple[str, dict]:
             d = [a - b for a, b in zip(r["bacc_per_fold"], base)]
             diff = f"{statistics.mean(d):+.3f} ({sum(x > 0 for x in d)} / 6)"
         sq = f"{r['sqnr_db']:.1f}" if r["sqnr_db"] is not None else "–"
-        lines.append(f"| {v} | {r['bacc']:.3f} ± {r['bacc_sd']:.3f} | {diff} | {sq} | {r['runs']} |")
+        runs = f"{r['runs']} (carried)" if r.get("carried") else r["runs"]
+        lines.append(f"| {v} | {r['bacc']:.3f} ± {r['bacc_sd']:.3f} | {diff} | {sq} | {runs} |")
     return "\n".join(lines), summary
 
 
@@ -209,10 +254,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(VARIANTS)}.")
+    check_variants(variants)
     cv_json = REPO / "results" / "cv_benchmark.json"  # the reference rows, read before training
     if not cv_json.is_file():
         raise SystemExit(f"student_variants: {cv_json} is missing; run bench/cv_benchmark.py first.")
@@ -220,17 +262,24 @@ def main() -> None:
     jobs = [(v, k, s, args.out) for s in range(args.seeds) for v in variants for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))
-    table, summary = tables(Path(args.out), VARIANTS)  # every variant with 6 folds run so far
-    doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `python bench/student_variants.py "
-           f"--out {args.out} --seeds {args.seeds} --jobs {args.jobs}`. "
+    summary_json = REPO / "results" / "student_variants.json"
+    # variants with no runs in --out keep their committed results (written by this command)
+    carried = json.loads(summary_json.read_text()) if summary_json.is_file() else {}
+    table, summary = tables(Path(args.out), VARIANTS + sorted(set(variants) - set(VARIANTS)),
+                            carried)
+    command = "python " + " ".join(shlex.quote(a) for a in ["bench/student_variants.py", *sys.argv[1:]])
+    doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `{command}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "
-           f"over {args.seeds} seeds; SQNR is the simulated int8 logit SQNR on the test subjects "
+           f"over {args.seeds} seeds. \"(carried)\": the variant was not run here; its row is "
+           "the one an earlier run of this script committed, its SQNR from the int8 "
+           "simulation of that time (compare SQNR only among rows that are not carried). "
+           "SQNR is the simulated int8 logit SQNR on the test subjects "
            f"(not computed for the patched variants {', '.join(PATCHED)}). For comparison, ShallowConvNet "
            f"scores {cv['shallowconvnet']['bacc'][0]:.3f} ({cv['shallowconvnet']['n_seeds']} seeds) and "
            f"band-power + LR {cv['bandpower-lr']['bacc'][0]:.3f} on the same folds "
            "(`results/cv_benchmark.md`).\n\n" + table + "\n")
     (REPO / "results" / "student_variants.md").write_text(doc)
-    (REPO / "results" / "student_variants.json").write_text(json.dumps(summary, indent=1))
+    summary_json.write_text(json.dumps(summary, indent=1))
     print(doc)
 
 

@@ -32,6 +32,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +79,19 @@ def _conv_bn(
     return nn.Sequential(*layers)
 
 
+def bandpass_bank(n_bands: int, n_taps: int, sfreq: float, lo_hz: float = 1.0,
+                  hi_hz: float = 45.0) -> torch.Tensor:
+    """(n_bands, 1, 1, n_taps) Hamming-windowed sinc band-pass filters, unit L2 norm each,
+    whose edges split [lo_hz, hi_hz] geometrically (equal width in octaves)."""
+    from scipy.signal import firwin
+
+    edges = np.geomspace(lo_hz, min(hi_hz, 0.49 * sfreq), n_bands + 1)
+    taps = np.stack([firwin(n_taps, [a, b], pass_zero=False, fs=sfreq)
+                     for a, b in zip(edges[:-1], edges[1:])])
+    taps /= np.linalg.norm(taps, axis=1, keepdims=True)
+    return torch.from_numpy(taps.astype(np.float32))[:, None, None, :]
+
+
 class EEGMiC(nn.Module):
     """EEG-MiC: band envelopes per 1-s patch, projected to the teacher width, then compressed.
 
@@ -114,6 +128,14 @@ class EEGMiC(nn.Module):
         where the int8 graph's logit error comes from (`bench/int8_noise_sources.py`). The
         int8-aware phase of `dlink distill` sets it from the training windows
         (`set_envelope_ceiling`) and then trains through it; None leaves the graph unclamped.
+    sfreq : sampling rate in Hz (from the `SignalSpec`); sets the band edges of
+        ``filter_init="bandpass"``.
+    filter_init : ``"random"`` (PyTorch's default for a conv) or ``"bandpass"``: filter f
+        starts as a Hamming-windowed sinc band-pass (`scipy.signal.firwin`) whose edges
+        split 1-45 Hz geometrically into F bands, so that the bank separates EEG bands from
+        the first step rather than after the head has fitted random filters (students are
+        often selected after 1-2 epochs). A 25-tap filter (125 ms) blurs bands narrower
+        than ~16 Hz; longer filters resolve theta and alpha.
     time_shared_head : classify the mean over the N' time steps of the compressed features
         (one weight per feature, as a power feature averaged over the window) instead of
         every (feature, time step): h * K classifier weights instead of h * N' * K. Exported
@@ -155,6 +177,8 @@ class EEGMiC(nn.Module):
         dropout: float = 0.25,
         input_mix: bool = False,
         envelope_ceiling: float | None = None,
+        sfreq: float = 200.0,
+        filter_init: str = "random",
         time_shared_head: bool = False,
     ):
         super().__init__()
@@ -186,6 +210,11 @@ class EEGMiC(nn.Module):
                 self.input_mix.weight.copy_(torch.eye(n_chans)[:, :, None])
         self.filterbank = _conv_bn(1, n_bands, (1, filter_length), stride=(1, filter_stride),
                                    padding=(0, filter_length // 2))  # Conv -> BN -> ReLU
+        if filter_init == "bandpass":
+            with torch.no_grad():
+                self.filterbank[0].weight.copy_(bandpass_bank(n_bands, filter_length, sfreq))
+        elif filter_init != "random":
+            raise ConfigError(f"filter_init must be 'random' or 'bandpass', got {filter_init!r}.")
         # one value per patch: a learned average (depthwise conv, initialised to the mean)
         # rather than an AveragePool, because int8 runtimes give a pool's output its input's
         # scale -- the rectified signal's, ~10x too coarse for its patch means

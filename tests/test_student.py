@@ -107,6 +107,24 @@ def _edit_config(directory, **changes):
     (directory / "config.json").write_text(json.dumps(cfg))
 
 
+def test_bandpass_filter_init_tiles_the_eeg_bands_in_order():
+    import numpy as np
+
+    random = build_student("mic-s", EEGMAT, 2)
+    model = build_student("mic-s", EEGMAT, 2, filter_init="bandpass", filter_length=99)
+    assert count_parameters(model) - count_parameters(random) == 16 * (99 - 25)  # taps only
+    taps = model.filterbank[0].weight[:, 0, 0].detach().double().numpy()  # (F, taps)
+    np.testing.assert_allclose(np.linalg.norm(taps, axis=1), 1.0, rtol=1e-6)
+    spectrum = np.abs(np.fft.rfft(taps, n=2000, axis=1))  # 0.1 Hz bins at 200 Hz
+    peaks_hz = spectrum.argmax(axis=1) * 0.1
+    assert np.all(np.diff(peaks_hz) >= 0) and peaks_hz[-1] > 30 and peaks_hz[8] < 13
+    # the filters pass their band: at 10 Hz the band holding it beats the 1-2 Hz band 10x
+    ten = spectrum[:, 100]
+    assert ten.max() > 10 * ten[0]
+    with pytest.raises(ConfigError, match="filter_init"):
+        build_student("mic-s", EEGMAT, 2, filter_init="gabor")
+
+
 def test_bad_names_options_and_inputs_say_what_to_do():
     with pytest.raises(ConfigError, match="unknown student 'mic-xxl'"):
         build_student("mic-xxl", SMALL, 2)
