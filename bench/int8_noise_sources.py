@@ -131,32 +131,38 @@ def boundary(ref: np.ndarray, z: np.ndarray, allowed: int) -> dict | None:
 
     ``ref``/``z``: (n, 2) fp32 / int8 logits. The margin of a window is its fp32 logit
     difference (class 1 - class 0; the tuned threshold is in the bias), the int8 error the
-    change int8 makes to it. With that error Gaussian of RMS s, window i flips with
-    probability Phi(-|m_i| / s): the expected flips E(s) = sum_i Phi(-|m_i| / s). Returns
-    the margin's RMS, the int8 error's RMS, the windows closer to the boundary than it,
-    E at the measured error, the error RMS at which E = ``allowed`` and the logit SQNR that
-    would take (the measured SQNR plus the dB the error must fall). None unless 2 classes.
+    change int8 makes to it. With that error Gaussian, zero-mean, of RMS s, window i flips
+    with probability Phi(-|m_i| / s): the expected flips E(s) = sum_i Phi(-|m_i| / s).
+    Returns the margin's RMS, the error's RMS (its mean included), the windows closer to
+    the boundary than it, E at that error, the error RMS at which E = ``allowed`` (0.5
+    when the gate allows none) and the logit SQNR that would take (the measured SQNR
+    plus the dB the error must fall; the measured SQNR if E is already below). None
+    unless 2 classes.
     """
     from math import erfc, log10, sqrt
 
     if ref.shape[1] != 2:
         return None
-    m = (ref[:, 1] - ref[:, 0]).astype(np.float64)
-    err = float(np.sqrt(np.mean(((z[:, 1] - z[:, 0]) - m) ** 2)))
+    margin = (ref[:, 1] - ref[:, 0]).astype(np.float64)
+    error_rms = float(np.sqrt(np.mean(((z[:, 1] - z[:, 0]) - margin) ** 2)))
 
     def expected(s: float) -> float:
-        return float(sum(0.5 * erfc(abs(v) / (s * sqrt(2))) for v in m))
+        return float(sum(0.5 * erfc(abs(m) / (s * sqrt(2))) for m in margin))
 
-    lo, hi = 1e-6, err  # E grows with s: bisect for E(s) = allowed below the measured error
-    for _ in range(60):
-        mid = sqrt(lo * hi)
-        lo, hi = (mid, hi) if expected(mid) < allowed else (lo, mid)
-    return {"margin_rms": round(float(np.sqrt(np.mean(m ** 2))), 4),
-            "int8_error_rms": round(err, 4),
-            "windows_within_error": int(np.sum(np.abs(m) < err)),
-            "expected_flips": round(expected(err), 2),
-            "allowed_flips": allowed, "error_rms_for_allowed": round(lo, 4),
-            "sqnr_db_needed": round(sqnr(ref, z) + 20 * log10(err / lo), 1)}
+    target = max(allowed, 0.5)
+    low, high = 1e-6, error_rms  # E grows with s: bisect for E(s) = target below the error
+    if expected(error_rms) <= target:
+        low = error_rms
+    else:
+        for _ in range(60):
+            mid = sqrt(low * high)
+            low, high = (mid, high) if expected(mid) < target else (low, mid)
+    return {"margin_rms": round(float(np.sqrt(np.mean(margin ** 2))), 4),
+            "int8_error_rms": round(error_rms, 4),
+            "windows_within_error": int(np.sum(np.abs(margin) < error_rms)),
+            "expected_flips": round(expected(error_rms), 2),
+            "allowed_flips": allowed, "error_rms_for_allowed": round(low, 4),
+            "sqnr_db_needed": round(sqnr(ref, z) + 20 * log10(error_rms / low), 1)}
 
 
 def write(report: dict, out: Path, name: str) -> None:
@@ -197,7 +203,7 @@ def write(report: dict, out: Path, name: str) -> None:
     for r in report["cumulative_unrounded"]:
         lines.append(f"| {', '.join(r['unrounded'])} | {r['sqnr_db']} | {r['flips']} |")
     b = report.get("boundary")
-    if b:
+    if b and f["all"] > b["allowed_flips"]:
         lines += ["", f"**Why the agreement check fails: the windows sit at the boundary.** "
                   f"The fp32 decision margin (logit difference, threshold in the bias) has RMS "
                   f"{b['margin_rms']} on these windows; int8 moves it by {b['int8_error_rms']} "

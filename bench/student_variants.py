@@ -43,6 +43,7 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
 - ``last`` / ``last-ep6``: no model selection: the student after its last epoch (12 / 6
   epochs) instead of the epoch of best validation AUROC (4 validation subjects pick
   epochs 1-12 and often 1-2; is the choice itself noise?) -- patched, not a config option;
+  ``ep6``: 6 epochs with selection, the control that tells the two changes apart;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; any two
   or more of the architecture and training variants above can be joined on the command
   line): do the single gains add up?
@@ -71,7 +72,8 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "wd0.1", "fl99", "fl49-xs", "fl49-d0.5", "im",
             "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs", "s8", "s16-w24", "f32",
             "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24", "bp",
-            "bp+fl49", "bp+fl99", "last", "last-ep6", "clip100+xs", "clip100+fl49", "clip100+ep30"]
+            "bp+fl49", "bp+fl99", "last", "last-ep6", "ep6", "bp+fl49+last-ep6", "clip100+xs",
+            "clip100+fl49", "clip100+ep30"]
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
@@ -88,7 +90,7 @@ TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4},
             "s16-w24-ep30": {"epochs": 30}, "crop": {"crop_jitter": True},
             "crop-ep24": {"crop_jitter": True, "epochs": 24},
-            "last-ep6": {"epochs": 6}}  # DistillConfig fields changed
+            "last-ep6": {"epochs": 6}, "ep6": {"epochs": 6}}  # DistillConfig fields changed
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -135,7 +137,7 @@ def _log_envelope(square: bool) -> None:
 PATCHED = ("eg2", "eg3", "log", "sqlog")  # graphs the int8 simulation and export do not know
 
 
-def combined(variant: str) -> tuple[dict, dict]:
+def variant_changes(variant: str) -> tuple[dict, dict]:
     """(student kwargs, DistillConfig fields) a variant changes; ``A+B`` merges A's and B's."""
     parts = variant.split("+")
     arch = {k: v for p in parts for k, v in ARCH.get(p, {}).items()}
@@ -145,8 +147,8 @@ def combined(variant: str) -> tuple[dict, dict]:
 
 def check_variants(variants: list[str]) -> None:
     """SystemExit naming the unknown variants (a combination may join only the variants
-    that change student kwargs or training fields)."""
-    composable = set(ARCH) | set(TRAINING)
+    that change student kwargs or training fields, and ``last``)."""
+    composable = set(ARCH) | set(TRAINING) | {"last"}
     unknown = sorted(v for v in variants if v not in VARIANTS and not (
         "+" in v and all(p in composable for p in v.split("+"))))
     if unknown:
@@ -184,7 +186,7 @@ def run_one(job: tuple) -> None:
         dlink.distill.selection_metric = lambda n_classes: None  # keep the last epoch
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
-    arch, training = combined(variant)
+    arch, training = variant_changes(variant)
     cfg = DistillConfig(**{"student": "mic-s", "method": "no-kd", "epochs": 12, "seed": k + 10 * s,
                            **training})
     if arch:
@@ -213,17 +215,20 @@ def run_one(job: tuple) -> None:
     (out / "result.json").write_text(json.dumps(result))
 
 
-def tables(out_root: Path, variants: list[str], carried: dict) -> tuple[str, dict]:
-    """Markdown table and summary of every variant run on all 6 folds in ``out_root``; a
-    variant with no run there takes its entry from ``carried`` (a previous summary)."""
+def tables(out_root: Path, run: list[str], carried: dict) -> tuple[str, dict]:
+    """Markdown table and summary: the variants in ``run`` from their runs in ``out_root``
+    (all 6 folds needed), every other variant of ``carried`` (a previous summary) as it
+    was, marked carried. Rows in `VARIANTS` order, then the others."""
     summary = {}
-    for v in variants:
+    order = VARIANTS + [v for v in [*carried, *run] if v not in VARIANTS]
+    for v in dict.fromkeys(order):
+        if v not in run:
+            if v in carried:
+                summary[v] = {**carried[v], "carried": True}
+            continue
         per_fold = {}
         for f in sorted((out_root / v).glob("fold*/seed*/result.json")):
             per_fold.setdefault(int(f.parts[-3][4:]), []).append(json.loads(f.read_text()))
-        if not per_fold and v in carried:
-            summary[v] = {**carried[v], "carried": True}
-            continue
         if len(per_fold) < 6:
             continue
         bacc = [statistics.mean(r["bacc"] for r in per_fold[k]) for k in range(6)]
@@ -263,10 +268,9 @@ def main() -> None:
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))
     summary_json = REPO / "results" / "student_variants.json"
-    # variants with no runs in --out keep their committed results (written by this command)
+    # the variants not run now keep their committed rows (written by this script)
     carried = json.loads(summary_json.read_text()) if summary_json.is_file() else {}
-    table, summary = tables(Path(args.out), VARIANTS + sorted(set(variants) - set(VARIANTS)),
-                            carried)
+    table, summary = tables(Path(args.out), variants, carried)
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/student_variants.py", *sys.argv[1:]])
     doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `{command}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "

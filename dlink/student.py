@@ -79,15 +79,29 @@ def _conv_bn(
     return nn.Sequential(*layers)
 
 
-def bandpass_bank(n_bands: int, n_taps: int, sfreq: float, lo_hz: float = 1.0,
-                  hi_hz: float = 45.0) -> torch.Tensor:
-    """(n_bands, 1, 1, n_taps) Hamming-windowed sinc band-pass filters, unit L2 norm each,
-    whose edges split [lo_hz, hi_hz] geometrically (equal width in octaves)."""
+def bandpass_edges(n_bands: int, n_taps: int, sfreq: float, lo_hz: float = 1.0,
+                   hi_hz: float = 45.0) -> np.ndarray:
+    """(n_bands, 2) band edges in Hz: [lo_hz, hi_hz] split geometrically (equal width in
+    octaves), each band widened about its centre to at least 2 * sfreq / n_taps, half the
+    main lobe of an n_taps Hamming window (narrower bands than that a filter of n_taps
+    cannot resolve: at 25 taps and 200 Hz the lower half of 16 bands become one 1-17 Hz
+    band), and shifted to lie within [lo_hz, hi_hz]."""
+    hi_hz = min(hi_hz, 0.45 * sfreq)
+    geometric = np.geomspace(lo_hz, hi_hz, n_bands + 1)
+    centre = np.sqrt(geometric[:-1] * geometric[1:])
+    width = np.minimum(np.maximum(np.diff(geometric), 2.0 * sfreq / n_taps), hi_hz - lo_hz)
+    low = np.clip(centre - width / 2, lo_hz, hi_hz - width)
+    return np.stack([low, low + width], axis=1)
+
+
+def bandpass_bank(n_bands: int, n_taps: int, sfreq: float) -> torch.Tensor:
+    """(n_bands, 1, 1, n_taps) Hamming-windowed sinc band-pass filters (`scipy.signal.firwin`)
+    over `bandpass_edges`, each with zero DC gain and unit L2 norm."""
     from scipy.signal import firwin
 
-    edges = np.geomspace(lo_hz, min(hi_hz, 0.49 * sfreq), n_bands + 1)
     taps = np.stack([firwin(n_taps, [a, b], pass_zero=False, fs=sfreq)
-                     for a, b in zip(edges[:-1], edges[1:])])
+                     for a, b in bandpass_edges(n_bands, n_taps, sfreq)])
+    taps -= taps.mean(axis=1, keepdims=True)  # no DC: a band-pass passes no offset
     taps /= np.linalg.norm(taps, axis=1, keepdims=True)
     return torch.from_numpy(taps.astype(np.float32))[:, None, None, :]
 
@@ -131,11 +145,12 @@ class EEGMiC(nn.Module):
     sfreq : sampling rate in Hz (from the `SignalSpec`); sets the band edges of
         ``filter_init="bandpass"``.
     filter_init : ``"random"`` (PyTorch's default for a conv) or ``"bandpass"``: filter f
-        starts as a Hamming-windowed sinc band-pass (`scipy.signal.firwin`) whose edges
-        split 1-45 Hz geometrically into F bands, so that the bank separates EEG bands from
-        the first step rather than after the head has fitted random filters (students are
-        often selected after 1-2 epochs). A 25-tap filter (125 ms) blurs bands narrower
-        than ~16 Hz; longer filters resolve theta and alpha.
+        starts as a band-pass filter (`bandpass_bank`) of the f-th of F bands splitting
+        1-45 Hz geometrically, so that the bank separates EEG bands from the first step
+        rather than after the head has fitted random filters (students are often selected
+        after 1-2 epochs). A band is never narrower than the filter can resolve
+        (`bandpass_edges`): 16 Hz at 25 taps (125 ms), 8 Hz at 49, 4 Hz at 99, so only
+        longer filters start with theta and alpha apart.
     time_shared_head : classify the mean over the N' time steps of the compressed features
         (one weight per feature, as a power feature averaged over the window) instead of
         every (feature, time step): h * K classifier weights instead of h * N' * K. Exported

@@ -107,20 +107,30 @@ def _edit_config(directory, **changes):
     (directory / "config.json").write_text(json.dumps(cfg))
 
 
-def test_bandpass_filter_init_tiles_the_eeg_bands_in_order():
+@pytest.mark.parametrize("sfreq, n_taps", [(200.0, 25), (200.0, 99), (250.0, 49)])
+def test_bandpass_filter_init_passes_each_band(sfreq, n_taps):
     import numpy as np
 
-    random = build_student("mic-s", EEGMAT, 2)
-    model = build_student("mic-s", EEGMAT, 2, filter_init="bandpass", filter_length=99)
-    assert count_parameters(model) - count_parameters(random) == 16 * (99 - 25)  # taps only
+    from dlink.student import bandpass_edges
+
+    signal = SignalSpec(ch_names=EEGMAT.ch_names, sfreq=sfreq, n_times=1000)
+    model = build_student("mic-s", signal, 2, filter_init="bandpass", filter_length=n_taps)
     taps = model.filterbank[0].weight[:, 0, 0].detach().double().numpy()  # (F, taps)
+    edges = bandpass_edges(16, n_taps, sfreq)  # (F, 2) Hz
+    assert np.all(edges[:, 1] - edges[:, 0] >= 2 * sfreq / n_taps - 1e-9)  # resolvable
+    assert np.all(np.diff(edges, axis=0) >= 0) and edges[0, 0] >= 1.0 and edges[-1, 1] <= 45.0
     np.testing.assert_allclose(np.linalg.norm(taps, axis=1), 1.0, rtol=1e-6)
-    spectrum = np.abs(np.fft.rfft(taps, n=2000, axis=1))  # 0.1 Hz bins at 200 Hz
-    peaks_hz = spectrum.argmax(axis=1) * 0.1
-    assert np.all(np.diff(peaks_hz) >= 0) and peaks_hz[-1] > 30 and peaks_hz[8] < 13
-    # the filters pass their band: at 10 Hz the band holding it beats the 1-2 Hz band 10x
-    ten = spectrum[:, 100]
-    assert ten.max() > 10 * ten[0]
+    spectrum = np.abs(np.fft.rfft(taps, n=4000, axis=1))  # sfreq / 4000 Hz bins
+    peak_hz = spectrum.argmax(axis=1) * sfreq / 4000
+    assert np.all((peak_hz >= edges[:, 0] - 0.5) & (peak_hz <= edges[:, 1] + 0.5))
+    assert spectrum[:, 0].max() < 1e-5  # no DC
+    # an alpha oscillation (10 Hz) excites the bands holding it more than a 40 Hz band
+    ten = int(10 * 4000 / sfreq)
+    holds_ten = (edges[:, 0] <= 10) & (edges[:, 1] >= 10)
+    assert spectrum[holds_ten, ten].min() > 5 * spectrum[-1, ten]
+
+
+def test_filter_init_is_checked():
     with pytest.raises(ConfigError, match="filter_init"):
         build_student("mic-s", EEGMAT, 2, filter_init="gabor")
 
