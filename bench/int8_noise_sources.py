@@ -26,15 +26,17 @@ import numpy as np
 import torch
 
 
-def held_out(run_dir: Path, signal) -> np.ndarray:
-    """(n, C, T) model-input windows of the run's test subjects, converted as the gate does."""
+def held_out(run_dir: Path, signal) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C, T) model-input windows of the run's test subjects, converted as the gate does,
+    and their (n,) labels."""
     from calibration import to_model_units
     from dlink.data import load_windows
 
     data = json.loads((run_dir / "data.json").read_text())
     npz = run_dir / "data.npz"
     windows = load_windows(str(npz) if npz.is_file() else data["name"], sfreq=signal.sfreq)
-    return to_model_units(windows.of_subjects(data["split"]["test"]).X, signal)
+    test = windows.of_subjects(data["split"]["test"])
+    return to_model_units(test.X, signal), test.y
 
 
 def sqnr(reference: np.ndarray, test: np.ndarray) -> float:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = Int8Sim(student, reduce_range=bool(manifest["export"]["onnx"]["quantization"]["reduce_range"]))
     calib = torch.from_numpy(np.load(args.run_dir / "calibration.npz")["X"])
     sim.calibrate(calib)
-    x = torch.from_numpy(held_out(args.run_dir, student.signal))
+    x = torch.from_numpy(held_out(args.run_dir, student.signal)[0])
     w, g = student.deployed_weights(), student.deployed_geometry()
     act = sim._act  # noqa: SLF001 - the simulation's own rounding, switched per tensor
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                     wq=sim._weight if weights else None).numpy()  # noqa: SLF001
 
     ref = sim.float_logits(x).numpy()
+    int8 = logits()  # every rounding point: the int8 graph
     values: dict[str, list[np.ndarray]] = {}
 
     def grab(name, t):
@@ -112,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         "run_dir": str(args.run_dir), "n_windows": len(x), "n_calibration": len(calib),
         "reduce_range": sim.qmax == 63,
         "gate_sqnr_db": (onnx.get("gate") or {}).get("sqnr_db"),
-        "simulated_sqnr_db": sqnr(ref, logits()),
+        "simulated_sqnr_db": sqnr(ref, int8),
         "weights_only_db": sqnr(ref, logits(lambda n: False)),
         "activations_only_db": sqnr(ref, logits(weights=False)),
         "activations": rows, "weights": weight_rows,
         "gate_agreement": (onnx.get("gate") or {}).get("agreement"),
-        "flips": {"all": flips(logits()), "weights_only": flips(logits(lambda n: False)),
+        "flips": {"all": flips(int8), "weights_only": flips(logits(lambda n: False)),
                   "activations_only": flips(logits(weights=False))},
         "cumulative_unrounded": cumulative,
-        "boundary": boundary(ref, logits(), allowed=int(0.01 * len(x))),
+        "boundary": boundary(ref, int8, allowed=int(0.01 * len(x))),
     }
     write(report, args.out, args.name)
     return 0

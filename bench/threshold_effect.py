@@ -31,16 +31,15 @@ ROWS = ["shallowconvnet", "shallowconvnet-relu6", "eegnet", "no-kd", "logit-kd",
         "layer-avg", "static-weights", "dlink-no-spectral", "dlink", "dlink-qat"]
 
 
-def rescore(run: Path, x_test, y_test) -> tuple[float, float]:
-    """(test BAcc with the tuned threshold, without it) of the model saved in ``run``;
-    ``x_test`` (n, C, T) model units, ``y_test`` (n,) labels."""
+def rescore(run: Path, metrics: dict, x_test, y_test) -> tuple[float, float]:
+    """(test BAcc with the tuned threshold, without it) of the model saved in ``run``, whose
+    ``metrics.json`` is ``metrics``; ``x_test`` (n, C, T) model units, ``y_test`` (n,)."""
     import torch
 
     from dlink.metrics import compute_metrics
     from dlink.student import load_student
     from dlink.training import predict_logits
 
-    metrics = json.loads((run / "metrics.json").read_text())
     shift = (metrics.get("threshold_bias") or 0.0) + \
         ((metrics.get("qat") or {}).get("threshold_bias") or 0.0)  # both shifts in the bias
     with torch.no_grad():
@@ -65,14 +64,18 @@ def main() -> int:
     per_fold: dict[str, dict[int, list[tuple[float, float]]]] = {}
     for k, split in enumerate(splits):
         test = np.isin(windows.subject, split.test)
+        x_by_clip = {}  # the fold's test windows in model units, per input clamp (µV)
         for row in ROWS:
             runs = sorted(p for p in (args.cv / f"fold{k}").glob(f"{row}*")
                           if p.name.split("@")[0] == row and (p / "model.safetensors").is_file())
             for run in runs:
-                clip = json.loads((run / "metrics.json").read_text())["config"]["input_clip_uv"]
-                x = torch.from_numpy(windows.signal.with_clip(clip).to_model_units(windows.X[test]))
+                metrics = json.loads((run / "metrics.json").read_text())
+                clip = metrics["config"]["input_clip_uv"]
+                if clip not in x_by_clip:
+                    x_by_clip[clip] = torch.from_numpy(
+                        windows.signal.with_clip(clip).to_model_units(windows.X[test]))
                 per_fold.setdefault(row, {}).setdefault(k, []).append(
-                    rescore(run, x, windows.y[test]))
+                    rescore(run, metrics, x_by_clip[clip], windows.y[test]))
     summary = {}
     for row, folds in per_fold.items():
         if len(folds) < 6:

@@ -60,8 +60,12 @@ def convert_fp32(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> No
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
-                  io: str = TFLITE_IO) -> dict:
+                  io: str = TFLITE_IO, activation_bits: int = 8) -> dict:
     """Full-integer int8 quantisation of ``fp32_path`` (see module docstring).
+
+    ``activation_bits=16`` keeps the int8 weights but gives every activation 16 bits (the
+    ``static_wi8_ai16`` recipe, TFLite's 16x8 kernels): not what the export ships, what
+    `bench/a16w8_probe.py` measures against it.
 
     Returns
     -------
@@ -73,10 +77,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
 
     if io not in ("int8", "float32"):
         raise ValueError(f"io must be 'int8' or 'float32', got {io!r}")
+    recipes = {8: recipe.static_wi8_ai8, 16: recipe.static_wi8_ai16}
+    if activation_bits not in recipes:
+        raise ValueError(f"activation_bits must be 8 or 16, got {activation_bits!r}")
     float_model = Path(fp32_path).read_bytes()
     signature, input_name = _signature(float_model)
     manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(recipe.static_wi8_ai8())
+    manager.load_quantization_recipe(recipes[activation_bits]())
     for op in ("FULLY_CONNECTED", "OUTPUT"):  # 16-bit logits (a later config replaces one)
         manager.add_static_config(regex=".*", operation_name=op, activation_num_bits=16,
                                   weight_num_bits=8)
@@ -95,6 +102,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib: CalibrationSet,
         qsvs, enable_progress_report=False
     )
     Path(out_path).write_bytes(bytes(result.quantized_model))
+    if activation_bits == 16:
+        return {**TFLITE_QUANT, "recipe": "static_wi8_ai16",
+                "activations": "int16 symmetric per-tensor", "io": io}
     return {**TFLITE_QUANT, "io": io}
 
 
