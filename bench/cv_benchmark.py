@@ -227,7 +227,11 @@ def fold_config(args) -> dict:
     is only restored under the same."""
     import hashlib
 
+    from dlink.student import available_models
+
     cfg = {key: str(getattr(args, key)) for key in CONFIG_KEYS}
+    # the student preset's resolved options: a changed default (filter_init) is a new run
+    cfg["student_kwargs"] = json.dumps(available_models()[args.student].resolve({}), sort_keys=True)
     weights = Path(args.backbone) / "model.safetensors"
     if not weights.is_file():
         raise SystemExit(f"cv_benchmark: --backbone {args.backbone} holds no model.safetensors; "

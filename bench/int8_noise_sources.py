@@ -206,8 +206,11 @@ def write(report: dict, out: Path, name: str) -> None:
     for r in report["cumulative_unrounded"]:
         lines.append(f"| {', '.join(r['unrounded'])} | {r['sqnr_db']} | {r['flips']} |")
     b = report.get("boundary")
-    if b and f["all"] > b["allowed_flips"]:
-        lines += ["", f"**Why the agreement check fails: the windows sit at the boundary.** "
+    if b:
+        fails = f["all"] > b["allowed_flips"]
+        lead = ("Why the agreement check fails: the windows sit at the boundary." if fails else
+                "How close the agreement check is: the windows and the boundary.")
+        lines += ["", f"**{lead}** "
                   f"The fp32 decision margin (logit difference, threshold in the bias) has RMS "
                   f"{b['margin_rms']} on these windows; int8 moves it by {b['int8_error_rms']} "
                   f"RMS, and {b['windows_within_error']} windows lie closer than that to the "
@@ -217,7 +220,12 @@ def write(report: dict, out: Path, name: str) -> None:
                   f"logit SQNR of about {b['sqnr_db_needed']} dB against the {report['simulated_sqnr_db']} "
                   "of this int8 graph. A classifier this unsure of many windows (a unimodal "
                   "margin distribution centred near the boundary, as a BAcc of 0.6-0.7 "
-                  "implies) needs that SQNR, whatever its size; a confident one would not."]
+                  "implies) needs that SQNR, whatever its size; a confident one would not."
+                  + ("" if fails else " Here the check passes: " + (
+                      "the error is within that." if b["int8_error_rms"] <= b["error_rms_for_allowed"]
+                      else f"the error exceeds that, but at most {b['allowed_flips']} of the "
+                      f"{b['windows_within_error']} windows within it crossed, which the "
+                      "error's size does not ensure (the next run's windows may fare worse)."))]
     lines += ["", "Error powers add: a source at S dB costs 10^(-S/10) of the signal power; "
               "30 dB overall allows 10^-3 in total. The logits are 16-bit over 4x their "
               "calibrated range (the TFLite file; the ONNX file computes them in float). With "

@@ -2,8 +2,10 @@
 
     python bench/student_variants.py --out runs/student-variants --seeds 2 --jobs 2
 
-Each variant is the default `mic-s` no-KD row of `bench/cv_benchmark.py` (12 epochs, same
-folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
+Each variant is the `mic-s` no-KD row of `bench/cv_benchmark.py` (12 epochs, same folds
+and seeds k, k + 10, ...; threshold tuned on validation) as it was before band-pass
+initialised filters became the default (``base``: random-initialised filters) with one
+change:
 
 - ``rms`` / ``chrms``: every window divided by its RMS over all channels / per channel
   (relative band power, as a log-power model's standardisation would give), in training
@@ -44,6 +46,22 @@ folds and seeds k, k + 10, ...; threshold tuned on validation) with one change:
   epochs) instead of the epoch of best validation AUROC (4 validation subjects pick
   epochs 1-12 and often 1-2; is the choice itself noise?) -- patched, not a config option;
   ``ep6``: 6 epochs with selection, the control that tells the two changes apart;
+- ``nothr``: no decision threshold tuned on the validation subjects (`tune_threshold`
+  off: the class-weighted argmax, as band-power + LR decides);
+- ``trval``: the 4 validation subjects join the 24 training subjects (17 % more people;
+  selection and threshold then see training subjects: join with ``last`` and ``nothr``);
+- ``flip`` / ``rev``: every training window, each time it is drawn, multiplied by -1 /
+  reversed in time with probability 1/2 (both keep every band's power, the quantity the
+  task is separable by) -- patched, not a config option;
+- ``pbm``: every band's filtered signals mixed across the electrodes before rectification
+  (a learned 19 x 19 spatial filter per band, identity at start: spatial filtering before
+  power, as FBCSP and ShallowConvNet); ``abs``: full-wave rectification |z| (clamped at 6)
+  instead of the half-wave ReLU6; ``pbm-abs``, ``pbm-sqlog``: the band mix with |z| / with
+  the log of the mean power -- patched, not shipped; ``bp+pbm``: the band mix with
+  band-pass initialised filters;
+- ``st1`` / ``st2``: the filter bank's output kept at every sample / every 2nd instead of
+  every 4th (50 Hz): a 25 Hz rhythm sampled at 50 Hz hits the same two phases, so its
+  rectified mean depends on phase, not only amplitude; a full-rate envelope does not alias;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; any two
   or more of the architecture and training variants above can be joined on the command
   line): do the single gains add up?
@@ -73,8 +91,12 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "im-xs", "clip100", "clip200", "noclip", "tsh", "tsh-xs", "s8", "s16-w24", "f32",
             "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24", "bp",
             "bp+fl49", "bp+fl99", "last", "last-ep6", "ep6", "bp+fl49+last-ep6", "clip100+xs",
-            "clip100+fl49", "clip100+ep30"]
-MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48}  # the mic-s preset
+            "clip100+fl49", "clip100+ep30", "nothr", "last+nothr", "trval+last+nothr", "flip+rev",
+            "bp+flip+rev", "pbm", "abs", "pbm-abs", "pbm-sqlog", "st1",
+            "st2", "bp+st1", "bp+pbm"]
+# the mic-s preset as the variants were measured against it: random-initialised filters (the
+# default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
+MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
 XS = {"n_bands": 8, "n_virtual": 2, "width": 16}  # the mic-xs preset's sizes
 ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "drop0.5": {"dropout": 0.5}, "fl99": {"filter_length": 99},
@@ -83,14 +105,16 @@ ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "tsh": {"time_shared_head": True}, "tsh-xs": {"time_shared_head": True, **XS},
         "s8": {"n_virtual": 8}, "s16-w24": {"n_virtual": 16, "width": 24},
         "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24},
-        "bp": {"filter_init": "bandpass"}}  # student kwargs
+        "bp": {"filter_init": "bandpass"}, "st1": {"filter_stride": 1},
+        "st2": {"filter_stride": 2}}  # student kwargs
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
             "ls0": {"label_smoothing": 0.0}, "lr5e-4": {"lr": 5e-4},
             "s16-w24-ep30": {"epochs": 30}, "crop": {"crop_jitter": True},
             "crop-ep24": {"crop_jitter": True, "epochs": 24},
-            "last-ep6": {"epochs": 6}, "ep6": {"epochs": 6}}  # DistillConfig fields changed
+            "last-ep6": {"epochs": 6}, "ep6": {"epochs": 6},
+            "nothr": {"tune_threshold": False}}  # DistillConfig fields changed
 
 
 def _normalise(X: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -134,7 +158,67 @@ def _log_envelope(square: bool) -> None:
     st.EEGMiC._band_amplitudes = band_amplitudes
 
 
-PATCHED = ("eg2", "eg3", "log", "sqlog")  # graphs the int8 simulation and export do not know
+def _front_end(band_mix: bool, power: str) -> None:
+    """Patch EEGMiC's band amplitudes: with ``band_mix`` each band's filtered signals are mixed
+    across the C electrodes before rectification (a learned C x C spatial filter per band,
+    initialised to the identity, as FBCSP / ShallowConvNet filter space before taking power);
+    ``power`` is ``"relu"`` (the shipped half-wave ReLU6), ``"abs"`` (full-wave: |z|) or
+    ``"sqlog"`` (log of the patch's mean power). Float training only, not shipped."""
+    import torch
+
+    import dlink.student as st
+
+    init = st.EEGMiC.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *a, **kw):
+        init(self, *a, **kw)
+        F, C = self.envelope.out_channels, self.n_chans
+        if band_mix:
+            self.band_mix = torch.nn.Conv2d(F * C, F * C, 1, groups=F, bias=False)
+            with torch.no_grad():
+                self.band_mix.weight.copy_(torch.eye(C).repeat(F, 1)[:, :, None, None])
+
+    def band_amplitudes(self, x):
+        z = self.filterbank[:2](x.unsqueeze(1))  # (B, F, C, T'), before rectification
+        if band_mix:
+            B, F, C, T = z.shape
+            z = self.band_mix(z.reshape(B, F * C, 1, T)).reshape(B, F, C, T)
+        if power == "relu":
+            return self.envelope(torch.nn.functional.relu6(z))
+        if power == "abs":
+            return self.envelope(z.abs().clamp_max(6.0))
+        return torch.log(self.envelope(z * z).clamp_min(0.0) + 0.01)
+
+    st.EEGMiC.__init__ = __init__
+    st.EEGMiC._band_amplitudes = band_amplitudes
+
+
+FRONT_ENDS = {"pbm": (True, "relu"), "abs": (False, "abs"), "pbm-abs": (True, "abs"),
+              "pbm-sqlog": (True, "sqlog")}
+PATCHED = ("eg2", "eg3", "log", "sqlog", *FRONT_ENDS)  # graphs the int8 simulation and export do not know
+PATCHED_TRAINING = ("last", "trval", "flip", "rev")  # training changes made by patching, composable
+
+
+def _augment(flip: bool, reverse: bool) -> None:
+    """Patch `dlink.distill`'s per-batch augmentation so that each training window is also
+    multiplied by -1 (``flip``) and/or reversed in time (``reverse``) with probability 1/2."""
+    import torch
+
+    import dlink.distill
+
+    jitter = dlink.distill.gain_jitter
+
+    def augmented(x, sigma):
+        x = jitter(x, sigma)
+        if flip:
+            x = x * (1 - 2 * torch.randint(0, 2, (len(x), 1, 1))).to(x.dtype)
+        if reverse:
+            rev = torch.rand(len(x)) < 0.5
+            x = torch.where(rev[:, None, None], x.flip(-1), x)
+        return x
+
+    dlink.distill.gain_jitter = augmented
 
 
 def variant_changes(variant: str) -> tuple[dict, dict]:
@@ -146,11 +230,13 @@ def variant_changes(variant: str) -> tuple[dict, dict]:
 
 
 def check_variants(variants: list[str]) -> None:
-    """SystemExit naming the unknown variants (a combination may join only the variants
-    that change student kwargs or training fields, and ``last``)."""
-    composable = set(ARCH) | set(TRAINING) | {"last"}
+    """SystemExit naming the unknown variants (a combination may join the variants that
+    change student kwargs or training fields, the patched training changes and at most one
+    patched front end)."""
+    composable = set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS)
     unknown = sorted(v for v in variants if v not in VARIANTS and not (
-        "+" in v and all(p in composable for p in v.split("+"))))
+        "+" in v and all(p in composable for p in v.split("+"))
+        and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1))
     if unknown:
         raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; choose "
                          f"from {', '.join(VARIANTS)}, or join {', '.join(sorted(composable))} "
@@ -172,29 +258,36 @@ def run_one(job: tuple) -> None:
     from dlink.distill import DistillConfig, distill
     from dlink.student import load_student
 
+    parts = variant.split("+")
     if variant in ("rms", "chrms"):
         to_units = sig.SignalSpec.to_model_units
         sig.SignalSpec.to_model_units = lambda self, X: _normalise(to_units(self, X),
                                                                     variant == "chrms")
     if variant.startswith("eg"):
         _saturating_envelope(float(variant[2:]))
+    for front_end in set(parts) & set(FRONT_ENDS):  # at most one: they patch the same method
+        _front_end(*FRONT_ENDS[front_end])
     if variant in ("log", "sqlog"):
         _log_envelope(square=variant == "sqlog")
-    if any(p.startswith("last") for p in variant.split("+")):
+    if "flip" in parts or "rev" in parts:
+        _augment("flip" in parts, "rev" in parts)
+    if any(p.startswith("last") for p in parts):
         import dlink.distill
 
         dlink.distill.selection_metric = lambda n_classes: None  # keep the last epoch
     windows = load_windows("eegmat")
     split = kfold_subjects(windows, k=6, seed=0)[k]
+    if "trval" in parts:
+        from dlink.data.splits import Split
+
+        split = Split(train=[*split.train, *split.val], val=split.val, test=split.test)
     arch, training = variant_changes(variant)
     cfg = DistillConfig(**{"student": "mic-s", "method": "no-kd", "epochs": 12, "seed": k + 10 * s,
                            **training})
-    if arch:
-        import dlink.student as st
+    import dlink.student as st
 
-        st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}",
-                            **{**MIC_S, **arch})
-        cfg.student = f"mic-s-{variant}"
+    st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}", **{**MIC_S, **arch})
+    cfg.student = f"mic-s-{variant}"
     distill(None, windows, split, out, cfg)
     model = load_student(out).eval()
     test = np.isin(windows.subject, split.test)
@@ -202,7 +295,7 @@ def run_one(job: tuple) -> None:
     with torch.no_grad():
         logits = model(x).numpy()
     result = {"bacc": balanced_accuracy_score(windows.y[test], logits.argmax(1))}
-    if variant not in PATCHED:  # the int8 simulation needs the shipped graph
+    if not set(parts) & set(PATCHED):  # the int8 simulation needs the shipped graph
         from dlink.qat import Int8Sim
 
         train = np.flatnonzero(np.isin(windows.subject, split.train))
@@ -215,10 +308,16 @@ def run_one(job: tuple) -> None:
     (out / "result.json").write_text(json.dumps(result))
 
 
-def tables(out_root: Path, run: list[str], carried: dict) -> tuple[str, dict]:
-    """Markdown table and summary: the variants in ``run`` from their runs in ``out_root``
-    (all 6 folds needed), every other variant of ``carried`` (a previous summary) as it
-    was, marked carried. Rows in `VARIANTS` order, then the others."""
+def seed_runs(out_root: Path, variant: str) -> dict[tuple[int, int], dict]:
+    """{(fold, seed): result} of the finished runs of ``variant``."""
+    return {(int(f.parts[-3][4:]), int(f.parts[-2][4:])): json.loads(f.read_text())
+            for f in sorted((out_root / variant).glob("fold*/seed*/result.json"))}
+
+
+def tables(out_root: Path, run: list[str], carried: dict, seeds: int) -> tuple[str, dict]:
+    """Markdown table and summary: the variants in ``run`` from their runs of seeds
+    0..``seeds``-1 in ``out_root`` (all 6 folds needed), every other variant of ``carried``
+    (a previous summary) as it was, marked carried. Rows in `VARIANTS` order, then the others."""
     summary = {}
     order = VARIANTS + [v for v in [*carried, *run] if v not in VARIANTS]
     for v in dict.fromkeys(order):
@@ -227,8 +326,9 @@ def tables(out_root: Path, run: list[str], carried: dict) -> tuple[str, dict]:
                 summary[v] = {**carried[v], "carried": True}
             continue
         per_fold = {}
-        for f in sorted((out_root / v).glob("fold*/seed*/result.json")):
-            per_fold.setdefault(int(f.parts[-3][4:]), []).append(json.loads(f.read_text()))
+        for (k, s), r in seed_runs(out_root, v).items():
+            if s < seeds:
+                per_fold.setdefault(k, []).append(r)
         if len(per_fold) < 6:
             continue
         bacc = [statistics.mean(r["bacc"] for r in per_fold[k]) for k in range(6)]
@@ -251,6 +351,27 @@ def tables(out_root: Path, run: list[str], carried: dict) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
+    """Markdown lines for the variants of ``run`` that also have runs of seeds >= ``seeds``
+    (a confirmation after the choice): their paired difference to ``base`` on the table's
+    seeds, on the later seeds alone, and on all, over the (fold, seed) runs both have."""
+    base = {k: r["bacc"] for k, r in seed_runs(out_root, "base").items()}
+    lines = []
+    for v in run:
+        runs = {k: r["bacc"] for k, r in seed_runs(out_root, v).items() if k in base}
+        if v == "base" or not any(s >= seeds for _, s in runs):
+            continue
+        parts = []
+        for label, keep in ((f"seeds 0-{seeds - 1}", lambda s: s < seeds),
+                            (f"seeds {seeds}+ (run after the choice)", lambda s: s >= seeds),
+                            ("all", lambda s: True)):
+            d = [runs[k] - base[k] for k in runs if keep(k[1])]
+            parts.append(f"{label}: {statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} "
+                         f"of {len(d)} runs")
+        lines.append(f"- {v} − base, paired per (fold, seed): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/student-variants")
@@ -270,7 +391,8 @@ def main() -> None:
     summary_json = REPO / "results" / "student_variants.json"
     # the variants not run now keep their committed rows (written by this script)
     carried = json.loads(summary_json.read_text()) if summary_json.is_file() else {}
-    table, summary = tables(Path(args.out), variants, carried)
+    table, summary = tables(Path(args.out), variants, carried, args.seeds)
+    confirmation = more_seeds(Path(args.out), variants, args.seeds)
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/student_variants.py", *sys.argv[1:]])
     doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `{command}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "
@@ -282,6 +404,9 @@ def main() -> None:
            f"scores {cv['shallowconvnet']['bacc'][0]:.3f} ({cv['shallowconvnet']['n_seeds']} seeds) and "
            f"band-power + LR {cv['bandpower-lr']['bacc'][0]:.3f} on the same folds "
            "(`results/cv_benchmark.md`).\n\n" + table + "\n")
+    if confirmation:
+        doc += ("\nMore seeds (`--seeds` larger for these variants in an earlier run of this "
+                "script; the table above uses seeds 0.." f"{args.seeds - 1} only):\n\n" + confirmation + "\n")
     (REPO / "results" / "student_variants.md").write_text(doc)
     summary_json.write_text(json.dumps(summary, indent=1))
     print(doc)

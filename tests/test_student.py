@@ -130,6 +130,15 @@ def test_bandpass_filter_init_passes_each_band(sfreq, n_taps):
     assert spectrum[holds_ten, ten].min() > 5 * spectrum[-1, ten]
 
 
+def test_default_student_starts_from_band_pass_filters():
+    # mic-s, the shipped preset, starts band-pass (the measured gain); the others at random
+    from dlink.student import bandpass_bank
+
+    filters = build_student("mic-s", EEGMAT, 2).filterbank[0].weight
+    assert torch.equal(filters, bandpass_bank(16, 25, EEGMAT.sfreq))
+    assert not torch.equal(build_student("mic-m", EEGMAT, 2).filterbank[0].weight[:16], filters)
+
+
 def test_filter_init_is_checked():
     with pytest.raises(ConfigError, match="filter_init"):
         build_student("mic-s", EEGMAT, 2, filter_init="gabor")
