@@ -227,11 +227,17 @@ def fold_config(args) -> dict:
     is only restored under the same."""
     import hashlib
 
+    from dlink.errors import ConfigError
+    from dlink.nn_utils import lookup
     from dlink.student import available_models
 
     cfg = {key: str(getattr(args, key)) for key in CONFIG_KEYS}
     # the student preset's resolved options: a changed default (filter_init) is a new run
-    cfg["student_kwargs"] = json.dumps(available_models()[args.student].resolve({}), sort_keys=True)
+    try:
+        student = lookup(available_models(), args.student, "student")
+    except ConfigError as e:
+        raise SystemExit(f"cv_benchmark: --student: {e}") from None
+    cfg["student_kwargs"] = json.dumps(student.resolve({}), sort_keys=True)
     weights = Path(args.backbone) / "model.safetensors"
     if not weights.is_file():
         raise SystemExit(f"cv_benchmark: --backbone {args.backbone} holds no model.safetensors; "

@@ -223,7 +223,7 @@ def write(report: dict, out: Path, name: str) -> None:
                   "implies) needs that SQNR, whatever its size; a confident one would not."
                   + ("" if fails else " Here the check passes: " + (
                       "the error is within that." if b["int8_error_rms"] <= b["error_rms_for_allowed"]
-                      else f"the error exceeds that, but at most {b['allowed_flips']} of the "
+                      else f"the error exceeds that, but only {f['all']} of the "
                       f"{b['windows_within_error']} windows within it crossed, which the "
                       "error's size does not ensure (the next run's windows may fare worse)."))]
     lines += ["", "Error powers add: a source at S dB costs 10^(-S/10) of the signal power; "

@@ -61,14 +61,21 @@ change:
   band-pass initialised filters;
 - ``st1`` / ``st2``: the filter bank's output kept at every sample / every 2nd instead of
   every 4th (50 Hz): a 25 Hz rhythm sampled at 50 Hz hits the same two phases, so its
-  rectified mean depends on phase, not only amplitude; a full-rate envelope does not alias;
-- ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; any two
-  or more of the architecture and training variants above can be joined on the command
-  line): do the single gains add up?
+  rectified mean depends on phase, not only amplitude; a full-rate envelope does not alias
+  (``st2`` and ``bp+st1`` were not run: ``st1`` costs 4x the filter-bank work and fell
+  behind the base);
+- ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; the
+  architecture and training variants above, ``last``, ``trval``, ``flip``, ``rev`` and at most
+  one patched front end (``pbm``, ``abs``, ``pbm-abs``, ``pbm-sqlog``) can be joined on the
+  command line; ``flip``, ``trval`` etc. also run alone): do the single gains add up?
 
 Besides test BAcc it reports the logit SQNR of the simulated int8 deployed graph
 (`dlink.qat.Int8Sim`, 256 training windows for the ranges, the test subjects for the
-SQNR). Each run writes OUT/VARIANT/fold{k}/seed{s}/result.json; a re-run skips those.
+SQNR; not for the patched graphs, which the simulation does not know). Each run writes
+OUT/VARIANT/fold{k}/seed{s}/result.json; a re-run skips those. The table uses seeds
+0..``--seeds``-1; a variant of ``--variants`` that also has runs of later seeds (a
+confirmation, e.g. ``--seeds 4 --variants base,bp``) gets its paired difference on those
+in a section below it (list ``base`` and it in ``--variants`` to keep that section).
 Writes results/student_variants.md and .json.
 """
 
@@ -92,8 +99,8 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "ep30", "ls0", "lr5e-4", "log", "sqlog", "s16-w24-ep30", "crop", "crop-ep24", "bp",
             "bp+fl49", "bp+fl99", "last", "last-ep6", "ep6", "bp+fl49+last-ep6", "clip100+xs",
             "clip100+fl49", "clip100+ep30", "nothr", "last+nothr", "trval+last+nothr", "flip+rev",
-            "bp+flip+rev", "pbm", "abs", "pbm-abs", "pbm-sqlog", "st1",
-            "st2", "bp+st1", "bp+pbm"]
+            "bp+flip+rev", "pbm", "abs", "pbm-abs", "pbm-sqlog", "bp+pbm",
+            "st1"]
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
@@ -180,6 +187,8 @@ def _front_end(band_mix: bool, power: str) -> None:
                 self.band_mix.weight.copy_(torch.eye(C).repeat(F, 1)[:, :, None, None])
 
     def band_amplitudes(self, x):
+        if self.input_mix is not None:
+            x = self.input_mix(x)
         z = self.filterbank[:2](x.unsqueeze(1))  # (B, F, C, T'), before rectification
         if band_mix:
             B, F, C, T = z.shape
@@ -235,8 +244,7 @@ def check_variants(variants: list[str]) -> None:
     patched front end)."""
     composable = set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS)
     unknown = sorted(v for v in variants if v not in VARIANTS and not (
-        "+" in v and all(p in composable for p in v.split("+"))
-        and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1))
+        all(p in composable for p in v.split("+")) and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1))
     if unknown:
         raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; choose "
                          f"from {', '.join(VARIANTS)}, or join {', '.join(sorted(composable))} "
@@ -363,7 +371,7 @@ def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
             continue
         parts = []
         for label, keep in ((f"seeds 0-{seeds - 1}", lambda s: s < seeds),
-                            (f"seeds {seeds}+ (run after the choice)", lambda s: s >= seeds),
+                            (f"seeds {seeds}+", lambda s: s >= seeds),
                             ("all", lambda s: True)):
             d = [runs[k] - base[k] for k in runs if keep(k[1])]
             parts.append(f"{label}: {statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} "
@@ -396,7 +404,8 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/student_variants.py", *sys.argv[1:]])
     doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `{command}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "
-           f"over {args.seeds} seeds. \"(carried)\": the variant was not run here; its row is "
+           f"over {args.seeds} seeds (a row with fewer runs than {6 * args.seeds} ran fewer). "
+           "\"(carried)\": the variant was not run here; its row is "
            "the one an earlier run of this script committed, its SQNR from the int8 "
            "simulation of that time (compare SQNR only among rows that are not carried). "
            "SQNR is the simulated int8 logit SQNR on the test subjects "
