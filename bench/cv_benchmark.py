@@ -228,6 +228,7 @@ def fold_config(args) -> dict:
     import hashlib
 
     from dlink.errors import ConfigError
+    from dlink.losses import LOSSES
     from dlink.nn_utils import lookup
     from dlink.student import available_models
 
@@ -238,6 +239,9 @@ def fold_config(args) -> dict:
     except ConfigError as e:
         raise SystemExit(f"cv_benchmark: --student: {e}") from None
     cfg["student_kwargs"] = json.dumps(student.resolve({}), sort_keys=True)
+    # and the loss presets the rows train with (router_mi, spectral weights, ...)
+    cfg["loss_presets"] = json.dumps({name: loss.to_dict() for name, loss in LOSSES.items()},
+                                     sort_keys=True)
     weights = Path(args.backbone) / "model.safetensors"
     if not weights.is_file():
         raise SystemExit(f"cv_benchmark: --backbone {args.backbone} holds no model.safetensors; "

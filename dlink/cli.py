@@ -332,7 +332,7 @@ def distill(
         help="Weight of the router's reward for input-conditioned routing: the mutual "
         "information between the window and the layer it is routed to (0 for one mix for "
         "every window; log L when windows commit to different layers) (default: the "
-        "method's, 0.1; dlink and dlink-no-spectral only).", min=0.0, show_default=False)] = None,
+        "method's, 0.3; dlink and dlink-no-spectral only).", min=0.0, show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Weight of the feature-mimic MSE (default: the method's, 1.0).", show_default=False)] = None,
     lambda_mag: Annotated[float | None, typer.Option(

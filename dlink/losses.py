@@ -51,7 +51,7 @@ class DistillLoss:
     spectral_axis: Literal["decoded", "patch", "feature"] = "decoded"  # see the module docstring
     band_hz: tuple[float, float] = (1.0, 45.0)  # bins compared on the decoded axis
     router_ce: float = 0.5  # weight of the routed target's probe CE (learned routers only)
-    router_mi: float = 0.1  # weight of the router's input-layer mutual information, a reward
+    router_mi: float = 0.3  # weight of the router's input-layer mutual information, a reward
     # (`router_mutual_information`; learned routers only, zero for a static one)
     eps: float = 1e-8  # guards magnitudes and phase cosines against division by zero
 
