@@ -70,20 +70,18 @@ def run_fold(job: tuple) -> None:
 
 
 def base_runs(cv: Path, n_seeds: int) -> dict[tuple[int, int], dict]:
-    """{(fold, seed): result} of the benchmark's own dlink runs."""
+    """{(fold, seed): result} of the benchmark's own dlink runs (their metrics.json holds the
+    same router sd, ``router_std``, written by the benchmark)."""
+    from cv_benchmark import seed_dirs  # bench/ is on sys.path when a bench script runs
+
     runs = {}
     for k in range(6):
-        for s in range(n_seeds):
-            d = cv / f"fold{k}" / ("dlink" if s == 0 else f"dlink@seed{s}")
-            if (d / "metrics.json").is_file():
-                runs[(k, s)] = {"bacc": json.loads((d / "metrics.json").read_text())["test"]["bacc"],
-                                "router_sd": router_sd(d)}
+        for s, (name, _seed) in enumerate(seed_dirs("dlink", k, n_seeds)):
+            metrics = cv / f"fold{k}" / name / "metrics.json"
+            if metrics.is_file():
+                m = json.loads(metrics.read_text())
+                runs[(k, s)] = {"bacc": m["test"]["bacc"], "router_sd": m["router_std"]}
     return runs
-
-
-def variant_runs(out_root: Path, v: str) -> dict[tuple[int, int], dict]:
-    return {(int(f.parts[-3][4:]), int(f.parts[-2][4:])): json.loads(f.read_text())
-            for f in (out_root / v).glob("fold*/seed*/result.json")}
 
 
 def main() -> None:
@@ -106,7 +104,9 @@ def main() -> None:
     jobs = [(k, variants, args.seeds, str(cv), str(out_root)) for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_fold, jobs))
-    rows = {"base": base, **{v: variant_runs(out_root, v) for v in variants}}
+    from student_variants import seed_runs
+
+    rows = {"base": base, **{v: seed_runs(out_root, v) for v in variants}}
     lines = ["| variant | BAcc (mean ± sd over folds) | − base (folds won) | router sd, mean (min–max) "
              "| collapsed runs (sd < 0.02) |", "|---|---|---|---|---|"]
     summary = {}
