@@ -14,7 +14,9 @@ per-layer standard deviation of its weights across the test windows falls below 
   before);
 - ``mi0.3``: at 0.3 (run when 0.1 was the default; now the same as ``base``, run for run);
 - ``tau1``: router softmax temperature 1 instead of 0.5 (``router_tau``: less sharp mixes,
-  less saturated gradients), with ``router_mi`` 0.1 (the default it was measured with).
+  less saturated gradients), with ``router_mi`` 0.1 (the default it was measured with);
+- ``kd1``: Hinton logit KD on the teacher's logits added at weight 1 (``kd_weight``, the
+  ``logit-kd`` row's term): layer-wise features *and* the teacher's decision.
 
 Each run writes OUT/VARIANT/fold{k}/seed{s}/result.json (test BAcc, router weight sd); a
 re-run skips those. Writes results/router_variants.md and .json.
@@ -34,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CHANGES = {"mi0.1": {"router_mi": 0.1}, "mi0.3": {"router_mi": 0.3},
-           "tau1": {"router_tau": 1.0, "router_mi": 0.1}}
+           "tau1": {"router_tau": 1.0, "router_mi": 0.1}, "kd1": {"kd_weight": 1.0}}
 COLLAPSED = 0.02  # mean per-layer sd of the router weights across test windows
 
 

@@ -342,6 +342,10 @@ def distill(
     lambda_phase: Annotated[float | None, typer.Option(
         help="λ2: magnitude-weighted phase term (1 - cos Δφ) on the same 45 bins "
         "(default: the method's, 0.5).", show_default=False)] = None,
+    kd_weight: Annotated[float | None, typer.Option(
+        help="Weight of Hinton logit KD on the teacher's logits, added to any method "
+        "(default: the method's, 1.0 for logit-kd, 0 for the others).", min=0.0,
+        show_default=False)] = None,
     qat_epochs: Annotated[int, typer.Option(
         help="Final int8-aware phase: epochs through the simulated int8 deployed graph "
         "(dlink/qat.py); 0 skips it.")] = 0,
@@ -368,7 +372,8 @@ def distill(
     windows, split = _windows_and_split(data, data_dir, fold, subjects)
     cfg = DistillConfig(student=preset, method=method, epochs=epochs, batch_size=batch_size, seed=seed,
                         router_tau=router_tau, router_ce=router_ce, router_mi=router_mi, alpha=alpha,
-                        lambda_mag=lambda_mag, lambda_phase=lambda_phase, qat_epochs=qat_epochs,
+                        lambda_mag=lambda_mag, lambda_phase=lambda_phase, kd_weight=kd_weight,
+                        qat_epochs=qat_epochs,
                         qat_envelope_quantile=qat_envelope_quantile)
     metrics = run(teacher, windows, split, out, cfg)
     _print_metrics(f"{preset} ({method})", metrics)

@@ -83,6 +83,8 @@ class DistillConfig(TrainConfig):
     router_ce: float | None = None  # weight of the router's target-probe CE (None: preset)
     router_mi: float | None = None  # weight of the router's input-layer mutual information,
     # a reward against a router that gives every window the same mix (None: preset)
+    kd_weight: float | None = None  # weight of Hinton logit KD on the teacher's logits
+    # (None: preset; 0 for every method but logit-kd)
     gain_jitter: float = 0.0  # training windows are scaled by exp(N(0, gain_jitter^2)): amplitude
     # differences between people (skull, impedance) should not decide the class; 0: off
     crop_jitter: bool = False  # each training window is replaced, every time it is drawn, by
@@ -209,7 +211,7 @@ def _check_options(cfg: DistillConfig, method: Method, windows: Windows) -> None
 def loss_overrides(cfg: DistillConfig) -> dict:
     """The `DistillLoss` fields a config sets (None fields keep the method's preset)."""
     fields = {"alpha": cfg.alpha, "lambda_mag": cfg.lambda_mag, "lambda_phase": cfg.lambda_phase,
-              "router_ce": cfg.router_ce, "router_mi": cfg.router_mi}
+              "router_ce": cfg.router_ce, "router_mi": cfg.router_mi, "kd_weight": cfg.kd_weight}
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -247,7 +249,7 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)
-    needs_teacher = method.router is not None or build_loss(method.loss).kd_weight > 0
+    needs_teacher = method.router is not None or build_loss(method.loss, **loss_overrides(cfg)).kd_weight > 0
     dev = dist.device()
     if needs_teacher and cache is None:
         cache = cache_teacher(load_teacher(teacher_dir).to(dev), windows, cfg.input_scale)

@@ -262,6 +262,18 @@ def test_router_weights_for_a_method_with_that_router_are_accepted(method, optio
     _check_options(DistillConfig(method=method, **{option: 0.3}), METHODS[method], small_windows)
 
 
+def test_kd_weight_adds_the_logit_kd_term_to_any_method():
+    from dlink.distill import loss_overrides
+    from dlink.losses import build_loss
+
+    def kd_weight(cfg):
+        return build_loss(METHODS[cfg.method].loss, **loss_overrides(cfg)).kd_weight
+
+    assert kd_weight(DistillConfig(method="dlink")) == 0.0
+    assert kd_weight(DistillConfig(method="dlink", kd_weight=0.5)) == 0.5
+    assert kd_weight(DistillConfig(method="logit-kd")) == 1.0
+
+
 def test_a_negative_router_weight_is_refused_before_any_work(small_windows, tmp_path):
     from dlink.errors import ConfigError
 
