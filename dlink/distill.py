@@ -141,11 +141,8 @@ def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
     starts = range(0, len(x), batch_size)
     for i in track(starts, "teacher features", total=len(starts)):
         xb = x[i : i + batch_size].to(dev)
-        hs = teacher.forward_layers(xb)
+        hs, out = teacher.layers_and_logits(xb)
         layers.append(torch.stack(hs, dim=1).half().cpu())  # (b, L, C, N, d)
-        # a "layers" head also reads the patch embedding, which forward_layers does not return
-        out = teacher(xb) if getattr(teacher, "head_kind", None) == "layers" else \
-            teacher.forward_head(hs[-1])
         logits.append(out.float().cpu())
     proj = teacher.proj_out[0]  # Linear(d, P), CBraMod's pre-training decoder
     decoder = Decoder(proj.weight.detach().float().cpu(), proj.bias.detach().float().cpu(),

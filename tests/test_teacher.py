@@ -115,21 +115,27 @@ def test_layers_head_needs_every_layer_trainable(tmp_path):
         finetune(None, None, None, tmp_path, FinetuneConfig(head="layers", frozen_layers=1))
 
 
-def test_distillation_cache_takes_the_layers_heads_logits(tiny):
-    """`cache_teacher` keeps the logits the teacher itself gives, mix included."""
+@pytest.mark.parametrize("head", ["channel", "layers"])
+def test_distillation_cache_takes_the_teachers_own_layers_and_logits(tiny, head):
+    """`cache_teacher` keeps the layers and the logits the teacher itself gives (one pass), a
+    ``layers`` head's mix over the patch embedding and every layer included."""
     from dlink.data import Windows
     from dlink.distill import cache_teacher
 
-    tiny.reset_classifier(2, "layers", n_chans=3)
+    tiny.reset_classifier(2, head, n_chans=3)
     tiny.eval()
-    with torch.no_grad():
-        tiny.head.mix[:] = torch.arange(tiny.n_layers + 1.0)
+    if head == "layers":
+        with torch.no_grad():
+            tiny.head.mix[:] = torch.arange(tiny.n_layers + 1.0)
     X = (_x(B=4) * 100).numpy()  # µV
     windows = Windows(X=X, y=np.array([0, 1, 0, 1]), subject=np.array(["a"] * 4), sfreq=200.0,
                       ch_names=["C3", "Cz", "C4"], class_names=["rest", "task"], name="t")
+    x = patchify(torch.from_numpy(X * 0.01))
     with torch.no_grad():
         cache = cache_teacher(tiny, windows)
-        assert torch.allclose(cache.logits, tiny(patchify(torch.from_numpy(X * 0.01))), atol=1e-5)
+        assert torch.allclose(cache.logits, tiny(x), atol=1e-5)
+        expected = torch.stack(tiny.forward_layers(x), dim=1).half()
+        torch.testing.assert_close(cache.layers, expected)
 
 
 def test_mask_replaces_patches_with_mask_token(tiny):

@@ -30,6 +30,10 @@ class Teacher(Protocol):
         """(B, C, N, P) -> n_layers tensors (B, C, N, d), one per encoder layer."""
         ...
 
+    def layers_and_logits(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(B, C, N, P) -> (``forward_layers(x)``, (B, n_outputs) logits) in one pass."""
+        ...
+
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, N, P) -> (B, C, N, d), the tokens the head reads (the last layer's, unless
         the head mixes layers)."""

@@ -343,31 +343,42 @@ class CBraMod(nn.Module):
         list of ``n_layers`` tensors (B, C, N, d); the last is the encoder output.
         """
         self._check_input(x)
-        h = self.patch_embedding(x, mask)  # (B, C, N, d)
-        outs = []
-        for layer in self.encoder.layers:
-            h = layer(h)  # (B, C, N, d)
-            outs.append(h)
-        return outs
+        return self._depths(self.patch_embedding(x, mask))[1:]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, N, P) patches in µV / 100 -> (B, C, N, d) tokens the head reads."""
         self._check_input(x)
         return self.head_tokens(self.patch_embedding(x))
 
+    def layers_and_logits(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """One pass of (B, C, N, P) patches in µV / 100: ``forward_layers(x)`` and the
+        (B, n_outputs) logits (what distillation caches)."""
+        self._check_input(x)
+        depths = self._depths(self.patch_embedding(x))
+        return depths[1:], self.forward_head(self._mix(depths))
+
     def head_tokens(self, h: Tensor) -> Tensor:
         """(B, C, N, d) patch-embedding output -> the (B, C, N, d) tokens the head reads: the
         last layer's, or with the ``layers`` head their softmax(``head.mix``)-weighted sum
         over the embedding and every layer."""
+        if getattr(self.head, "mix", None) is None:
+            return self.encoder(h)
+        return self._mix(self._depths(h))
+
+    def _depths(self, h: Tensor) -> list[Tensor]:
+        """[h, layer 1 output, ..., layer L output], each (B, C, N, d), from the embedding h."""
+        depths = [h]
+        for layer in self.encoder.layers:
+            depths.append(layer(depths[-1]))
+        return depths
+
+    def _mix(self, depths: list[Tensor]) -> Tensor:
+        """The tokens the head reads from `_depths`: the last, or the ``layers`` head's mix."""
         mix = getattr(self.head, "mix", None)
         if mix is None:
-            return self.encoder(h)
+            return depths[-1]
         w = torch.softmax(mix, dim=0)  # (L + 1,)
-        out = w[0] * h
-        for i, layer in enumerate(self.encoder.layers, start=1):
-            h = layer(h)
-            out = out + w[i] * h
-        return out
+        return sum(w[i] * h for i, h in enumerate(depths))
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, C, N, d) tokens -> (B, n_outputs) logits, or the pooled features if
