@@ -19,7 +19,8 @@ change:
   theta/alpha bands; ``fl49-xs`` / ``fl49-d0.5``: 49 taps with ``xs``'s sizes / dropout 0.5;
 - ``im``: a learned 19 -> 19 spatial filter of the raw window before the filter bank
   (``input_mix``, initialised to the identity); ``im-xs``: the same with ``xs``'s sizes;
-- ``drop0.5`` / ``wd0.1``: dropout 0.5 before the classifier / weight decay 0.1;
+- ``drop0.5`` / ``drop0`` / ``wd0.1``: dropout 0.5 / none before the classifier / weight
+  decay 0.1;
 - ``tsh`` / ``tsh-xs``: a time-shared head (``time_shared_head``: the classifier reads each
   compressed feature's mean over the window's time steps, as band power averaged over the
   window, h weights per class instead of h x N'), with the default / ``xs`` sizes;
@@ -71,6 +72,14 @@ change:
   instead of 32 (a less noisy gradient, 4x fewer steps); ``sq``: the log of each band's
   mean power without the band mix (``sqlog`` as a composable front end); run with ``bp``:
   ``bp+swa``, ``bp+swa4``, ``bp+bs128``, ``bp+xs``, ``bp+sq``, ``bp+pbm-sqlog``;
+- ``lbp`` / ``lbp-only``: the classifier also reads / reads only the log of every band
+  amplitude averaged over the window (F x C values through a BatchNorm): band-power + LR's
+  features from the student's own filter bank, a log-power pathway in the compress stage
+  (``abp``, ``abp-only``: the mean amplitudes without the log; ``pbp``, ``pbp-only``: the
+  log of each band's mean power, the square of the un-rectified filter output) -- patched,
+  float only;
+  ``frz``: the filter bank's taps frozen at their initial values (with ``bp``: fixed
+  band-pass filters, as band-power + LR's fixed bands), its BatchNorm still trained;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; the
   architecture and training variants above, ``last``, ``trval``, ``flip``, ``rev`` and at most
   one patched front end (``pbm``, ``abs``, ``pbm-abs``, ``pbm-sqlog``) can be joined on the
@@ -107,7 +116,10 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "bp+fl49", "bp+fl99", "last", "last-ep6", "ep6", "bp+fl49+last-ep6", "clip100+xs",
             "clip100+fl49", "clip100+ep30", "nothr", "last+nothr", "trval+last+nothr", "flip+rev",
             "bp+flip+rev", "pbm", "abs", "pbm-abs", "pbm-sqlog", "bp+pbm",
-            "st1", "bp+swa", "bp+swa4", "bp+bs128", "bp+xs", "bp+sq", "bp+pbm-sqlog"]
+            "st1", "bp+swa", "bp+swa4", "bp+bs128", "bp+xs", "bp+sq", "bp+pbm-sqlog", "bp+lbp",
+            "bp+lbp-only", "bp+pbp", "bp+pbp-only", "bp+frz", "bp+frz+lbp", "bp+frz+lbp-only",
+            "bp+frz+pbp-only", "bp+last+nothr", "bp+frz+pbp-only+last+nothr",
+            "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30"]
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
@@ -120,7 +132,7 @@ ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "s8": {"n_virtual": 8}, "s16-w24": {"n_virtual": 16, "width": 24},
         "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24},
         "bp": {"filter_init": "bandpass"}, "st1": {"filter_stride": 1},
-        "st2": {"filter_stride": 2}}  # student kwargs
+        "st2": {"filter_stride": 2}, "drop0": {"dropout": 0.0}}  # student kwargs
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
@@ -210,11 +222,67 @@ def _front_end(band_mix: bool, power: str) -> None:
     st.EEGMiC._band_amplitudes = band_amplitudes
 
 
+def _log_amplitude_pathway(only: bool, log: bool = True, power: bool = False) -> None:
+    """Patch EEGMiC so its classifier also reads (``only``: reads only) the log of every
+    band amplitude averaged over the window (``log`` False: the mean amplitude itself;
+    ``power``: the log of each band's mean power, the square of its un-rectified output),
+    (F x C) values standardised by a BatchNorm:
+    band-power + LR's features, from the student's own filter bank, beside the compressed
+    mimic representation (a log-power pathway in the compress stage, as ShallowConvNet /
+    FBCNet take power; float log, not shipped; `forward` only, so no-KD variants only)."""
+    import torch
+
+    import dlink.student as st
+
+    init = st.EEGMiC.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *a, **kw):
+        init(self, *a, **kw)
+        n = self.envelope.out_channels * self.n_chans
+        self.log_norm = torch.nn.BatchNorm1d(n)
+        self.classifier = torch.nn.Linear(n + (0 if only else self.num_features), self.n_outputs)
+
+    def forward(self, x):
+        if power:
+            z = self.filterbank[:2](x.unsqueeze(1))  # (B, F, C, T'), before rectification
+            mean = (z * z).mean(-1).flatten(1)  # (B, F*C)
+        else:
+            mean = self._band_amplitudes(x).clamp_min(0.0).mean(-1).flatten(1)  # (B, F*C)
+        lbp = self.log_norm(torch.log(mean + 0.01) if log else mean)
+        if not only:
+            lbp = torch.cat([self.forward_head(self.forward_features(x), pre_logits=True), lbp], 1)
+        return self.classifier(self.drop(lbp))
+
+    st.EEGMiC.__init__ = __init__
+    st.EEGMiC.forward = forward
+
+
+def _freeze_filter_bank() -> None:
+    """Patch EEGMiC so the filter bank's taps are not trained (its BatchNorm still is): the
+    band-pass filters it starts with (``bp``) stay band-pass, as band-power + LR's fixed
+    bands do, instead of adapting to the training subjects."""
+    import dlink.student as st
+
+    init = st.EEGMiC.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *a, **kw):
+        init(self, *a, **kw)
+        self.filterbank[0].weight.requires_grad_(False)
+
+    st.EEGMiC.__init__ = __init__
+
+
+PATHWAYS = {"lbp": (False, True), "lbp-only": (True, True), "abp": (False, False),
+            "abp-only": (True, False), "pbp": (False, True, True), "pbp-only": (True, True, True)}
+
 FRONT_ENDS = {"pbm": (True, "relu"), "abs": (False, "abs"), "pbm-abs": (True, "abs"),
               "pbm-sqlog": (True, "sqlog"), "sq": (False, "sqlog")}
-PATCHED = ("eg2", "eg3", "log", "sqlog", *FRONT_ENDS)  # graphs the int8 simulation and export do not know
+# graphs the int8 simulation and export do not know
+PATCHED = ("eg2", "eg3", "log", "sqlog", *FRONT_ENDS, *PATHWAYS)
 # training changes made by patching, composable
-PATCHED_TRAINING = ("last", "trval", "flip", "rev", "swa", "swa4")
+PATCHED_TRAINING = ("last", "trval", "flip", "rev", "swa", "swa4", "frz")
 
 
 def _augment(flip: bool, reverse: bool) -> None:
@@ -287,7 +355,7 @@ def check_variants(variants: list[str]) -> None:
     """SystemExit naming the unknown variants (a combination may join the variants that
     change student kwargs or training fields, the patched training changes and at most one
     patched front end)."""
-    composable = set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS)
+    composable = set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS) | set(PATHWAYS)
     unknown = sorted(v for v in variants if v not in VARIANTS and not (
         all(p in composable for p in v.split("+")) and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1))
     if unknown:
@@ -320,6 +388,10 @@ def run_one(job: tuple) -> None:
         _saturating_envelope(float(variant[2:]))
     for front_end in set(parts) & set(FRONT_ENDS):  # at most one: they patch the same method
         _front_end(*FRONT_ENDS[front_end])
+    if "frz" in parts:
+        _freeze_filter_bank()
+    for pathway in set(parts) & set(PATHWAYS):
+        _log_amplitude_pathway(*PATHWAYS[pathway])
     if variant in ("log", "sqlog"):
         _log_envelope(square=variant == "sqlog")
     if "flip" in parts or "rev" in parts:
