@@ -119,7 +119,7 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "st1", "bp+swa", "bp+swa4", "bp+bs128", "bp+xs", "bp+sq", "bp+pbm-sqlog", "bp+lbp",
             "bp+lbp-only", "bp+pbp", "bp+pbp-only", "bp+frz", "bp+frz+lbp", "bp+frz+lbp-only",
             "bp+frz+pbp-only", "bp+last+nothr", "bp+frz+pbp-only+last+nothr",
-            "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30"]
+            "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30", "bp+ep30", "bp+last+ep30"]
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
