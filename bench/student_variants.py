@@ -80,6 +80,9 @@ change:
   float only;
   ``frz``: the filter bank's taps frozen at their initial values (with ``bp``: fixed
   band-pass filters, as band-power + LR's fixed bands), its BatchNorm still trained;
+- ``refit``: after training, the classifier (the last linear layer) refitted by band-power +
+  LR's logistic regression (standardised, C = 1, balanced, to convergence) on the trained
+  student's features of the training windows, no tuned threshold -- patched at test time;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; the
   architecture and training variants above, ``last``, ``trval``, ``flip``, ``rev`` and at most
   one patched front end (``pbm``, ``abs``, ``pbm-abs``, ``pbm-sqlog``) can be joined on the
@@ -119,7 +122,8 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "st1", "bp+swa", "bp+swa4", "bp+bs128", "bp+xs", "bp+sq", "bp+pbm-sqlog", "bp+lbp",
             "bp+lbp-only", "bp+pbp", "bp+pbp-only", "bp+frz", "bp+frz+lbp", "bp+frz+lbp-only",
             "bp+frz+pbp-only", "bp+last+nothr", "bp+frz+pbp-only+last+nothr",
-            "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30", "bp+ep30", "bp+last+ep30"]
+            "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30", "bp+ep30", "bp+last+ep30",
+            "bp+refit"]
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
@@ -282,7 +286,7 @@ FRONT_ENDS = {"pbm": (True, "relu"), "abs": (False, "abs"), "pbm-abs": (True, "a
 # graphs the int8 simulation and export do not know
 PATCHED = ("eg2", "eg3", "log", "sqlog", *FRONT_ENDS, *PATHWAYS)
 # training changes made by patching, composable
-PATCHED_TRAINING = ("last", "trval", "flip", "rev", "swa", "swa4", "frz")
+PATCHED_TRAINING = ("last", "trval", "flip", "rev", "swa", "swa4", "frz", "refit")
 
 
 def _augment(flip: bool, reverse: bool) -> None:
@@ -341,6 +345,27 @@ def _weight_average(start_epoch: int, train_batches: list[np.ndarray]) -> None:
         return result
 
     dlink.distill.train_loop = averaged_loop
+
+
+def _refit_classifier(model, x_train: np.ndarray, y_train: np.ndarray) -> None:
+    """Replace the trained student's last linear layer by band-power + LR's classifier
+    (standardised L2 logistic regression, C = 1, balanced classes: a convex fit to
+    convergence) on its pre-logit features of the training windows, folded into the layer
+    (no threshold shift). Dropout is off in eval mode, so the layer reads the same features."""
+    import torch
+
+    from dlink.bandpower import BandPowerLR
+
+    with torch.no_grad():
+        feats = torch.cat([model.forward_head(model.forward_features(torch.from_numpy(x_train[i:i + 256])),
+                                              pre_logits=True) for i in range(0, len(x_train), 256)]).numpy()
+    lr = BandPowerLR().model.fit(feats, y_train)
+    scaler, logreg = lr.steps[0][1], lr.steps[1][1]
+    w = logreg.coef_[0] / scaler.scale_  # (D,): logit of class 1 minus class 0
+    b = logreg.intercept_[0] - float(w @ scaler.mean_)
+    with torch.no_grad():  # two-class softmax logits whose difference is the LR's
+        model.classifier.weight.copy_(torch.tensor(np.stack([-w / 2, w / 2]), dtype=torch.float32))
+        model.classifier.bias.copy_(torch.tensor([-b / 2, b / 2], dtype=torch.float32))
 
 
 def variant_changes(variant: str) -> tuple[dict, dict]:
@@ -422,6 +447,9 @@ def run_one(job: tuple) -> None:
     model = load_student(out).eval()
     test = np.isin(windows.subject, split.test)
     x = torch.from_numpy(model.signal.to_model_units(windows.X[test]))
+    if "refit" in parts:
+        train = np.isin(windows.subject, split.train)
+        _refit_classifier(model, model.signal.to_model_units(windows.X[train]), windows.y[train])
     with torch.no_grad():
         logits = model(x).numpy()
     result = {"bacc": balanced_accuracy_score(windows.y[test], logits.argmax(1))}
