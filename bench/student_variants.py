@@ -320,14 +320,15 @@ def _weight_average(start_epoch: int, train_batches: list[np.ndarray]) -> None:
     from torch.optim.swa_utils import AveragedModel, update_bn
 
     import dlink.distill
+    from dlink.training import epoch_batches
 
     loop = dlink.distill.train_loop
 
     def averaged_loop(**kw):
-        student = kw["modules"]["objective"].student
+        student, cfg = kw["modules"]["objective"].student, kw["cfg"]
         average = AveragedModel(student)
         steps = {"n": 0}
-        per_epoch = -(-kw["n_train"] // kw["cfg"].batch_size)
+        per_epoch = len(epoch_batches(kw["n_train"], cfg.batch_size, cfg.seed, 0))  # as train_loop
         loss_fn = kw["loss_fn"]
 
         def counting_loss_fn(batch):  # the weights now are those after the previous step
@@ -341,7 +342,7 @@ def _weight_average(start_epoch: int, train_batches: list[np.ndarray]) -> None:
         student.load_state_dict(average.module.state_dict())
         update_bn([torch.from_numpy(b) for b in train_batches], student)
         student.eval()
-        kw["on_best"](kw["cfg"].epochs)
+        kw["on_best"](cfg.epochs)
         return result
 
     dlink.distill.train_loop = averaged_loop
@@ -355,10 +356,10 @@ def _refit_classifier(model, x_train: np.ndarray, y_train: np.ndarray) -> None:
     import torch
 
     from dlink.bandpower import BandPowerLR
+    from dlink.training import predict_logits
 
-    with torch.no_grad():
-        feats = torch.cat([model.forward_head(model.forward_features(torch.from_numpy(x_train[i:i + 256])),
-                                              pre_logits=True) for i in range(0, len(x_train), 256)]).numpy()
+    feats = predict_logits(lambda xb: model.forward_head(model.forward_features(xb), pre_logits=True),
+                           torch.from_numpy(x_train))  # (n, D) the classifier's input
     lr = BandPowerLR().model.fit(feats, y_train)
     scaler, logreg = lr.steps[0][1], lr.steps[1][1]
     w = logreg.coef_[0] / scaler.scale_  # (D,): logit of class 1 minus class 0
@@ -431,14 +432,14 @@ def run_one(job: tuple) -> None:
         from dlink.data.splits import Split
 
         split = Split(train=[*split.train, *split.val], val=split.val, test=split.test)
-    if "swa" in parts or "swa4" in parts:
-        tr = np.flatnonzero(np.isin(windows.subject, split.train))
-        signal = windows.signal.with_clip(50.0)  # DistillConfig's input clamp
-        _weight_average(4 if "swa4" in parts else 2,
-                        [signal.to_model_units(windows.X[tr[i:i + 64]]) for i in range(0, len(tr), 64)])
+    train = np.flatnonzero(np.isin(windows.subject, split.train))
     arch, training = variant_changes(variant)
     cfg = DistillConfig(**{"student": "mic-s", "method": "no-kd", "epochs": 12, "seed": k + 10 * s,
                            **training})
+    if "swa" in parts or "swa4" in parts:
+        signal = windows.signal.with_clip(cfg.input_clip_uv)  # the windows as the student sees them
+        _weight_average(4 if "swa4" in parts else 2, [signal.to_model_units(windows.X[train[i:i + 64]])
+                                                      for i in range(0, len(train), 64)])
     import dlink.student as st
 
     st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}", **{**MIC_S, **arch})
@@ -448,7 +449,6 @@ def run_one(job: tuple) -> None:
     test = np.isin(windows.subject, split.test)
     x = torch.from_numpy(model.signal.to_model_units(windows.X[test]))
     if "refit" in parts:
-        train = np.isin(windows.subject, split.train)
         _refit_classifier(model, model.signal.to_model_units(windows.X[train]), windows.y[train])
     with torch.no_grad():
         logits = model(x).numpy()
@@ -456,7 +456,6 @@ def run_one(job: tuple) -> None:
     if not set(parts) & set(PATCHED):  # the int8 simulation needs the shipped graph
         from dlink.qat import Int8Sim
 
-        train = np.flatnonzero(np.isin(windows.subject, split.train))
         calib = train[np.random.default_rng(0).permutation(len(train))[:256]]
         sim = Int8Sim(model)
         sim.calibrate(torch.from_numpy(model.signal.to_model_units(windows.X[calib])))
