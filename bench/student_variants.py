@@ -1,4 +1,4 @@
-"""EEG-MiC variants trained alone (no KD) on the 6 CV folds: what was tried for the student.
+"""EEG-MiC variants on the 6 CV folds, trained alone or distilled: what was tried for the student.
 
     python bench/student_variants.py --out runs/student-variants --seeds 2 --jobs 2
 
@@ -83,6 +83,12 @@ change:
 - ``refit``: after training, the classifier (the last linear layer) refitted by band-power +
   LR's logistic regression (standardised, C = 1, balanced, to convergence) on the trained
   student's features of the training windows, no tuned threshold -- patched at test time;
+- ``kd`` / ``dlink`` / ``dlink-kd``: not trained alone but distilled from the fold's
+  fine-tuned teacher (``--cv``'s ``fold{k}/teacher``, the benchmark's): the ``logit-kd``
+  method (Hinton logit KD), the ``dlink`` method (router, mimic, spectral terms), or
+  ``dlink`` with the logit KD term added (``kd_weight`` 1, `bench/router_variants.py`'s
+  ``kd1``); joined with the variants above (``kd+bp+pbm-sqlog``): does a front end that
+  helps alone help a distilled student, and does KD help it;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; the
   architecture and training variants above, ``last``, ``trval``, ``flip``, ``rev`` and at most
   one patched front end (``pbm``, ``abs``, ``pbm-abs``, ``pbm-sqlog``) can be joined on the
@@ -93,8 +99,9 @@ Besides test BAcc it reports the logit SQNR of the simulated int8 deployed graph
 SQNR; not for the patched graphs, which the simulation does not know). Each run writes
 OUT/VARIANT/fold{k}/seed{s}/result.json; a re-run skips those. The table uses seeds
 0..``--seeds``-1; a variant of ``--variants`` that also has runs of later seeds (a
-confirmation, e.g. ``--seeds 4 --variants base,bp``) gets its paired difference on those
-in a section below it (list ``base`` and it in ``--variants`` to keep that section).
+confirmation, e.g. ``--seeds 4 --variants base,bp``) gets its paired difference on those,
+and its BAcc over all its seeds, in a section below it (list ``base`` and it in
+``--variants`` to keep that section).
 Writes results/student_variants.md and .json.
 """
 
@@ -123,7 +130,7 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "bp+lbp-only", "bp+pbp", "bp+pbp-only", "bp+frz", "bp+frz+lbp", "bp+frz+lbp-only",
             "bp+frz+pbp-only", "bp+last+nothr", "bp+frz+pbp-only+last+nothr",
             "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30", "bp+ep30", "bp+last+ep30",
-            "bp+refit"]
+            "bp+refit", "kd+bp", "kd+bp+pbm-sqlog", "dlink-kd+bp+pbm-sqlog"]
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
@@ -137,6 +144,8 @@ ARCH = {"ch8": {"compress_hidden": 8}, "xs": XS, "fl49": {"filter_length": 49},
         "f32": {"n_bands": 32}, "s16-w24-ep30": {"n_virtual": 16, "width": 24},
         "bp": {"filter_init": "bandpass"}, "st1": {"filter_stride": 1},
         "st2": {"filter_stride": 2}, "drop0": {"dropout": 0.0}}  # student kwargs
+# distillation instead of training alone: part -> (DistillConfig.method, other fields)
+DISTILLED = {"kd": ("logit-kd", {}), "dlink": ("dlink", {}), "dlink-kd": ("dlink", {"kd_weight": 1.0})}
 TRAINING = {"gj0.3": {"gain_jitter": 0.3}, "wd0.1": {"weight_decay": 0.1},
             "clip100": {"input_clip_uv": 100.0}, "clip200": {"input_clip_uv": 200.0},
             "noclip": {"input_clip_uv": None}, "ep30": {"epochs": 30},
@@ -381,9 +390,11 @@ def check_variants(variants: list[str]) -> None:
     """SystemExit naming the unknown variants (a combination may join the variants that
     change student kwargs or training fields, the patched training changes and at most one
     patched front end)."""
-    composable = set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS) | set(PATHWAYS)
+    composable = (set(ARCH) | set(TRAINING) | set(PATCHED_TRAINING) | set(FRONT_ENDS) | set(PATHWAYS)
+                  | set(DISTILLED))
     unknown = sorted(v for v in variants if v not in VARIANTS and not (
-        all(p in composable for p in v.split("+")) and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1))
+        all(p in composable for p in v.split("+")) and len(set(v.split("+")) & set(FRONT_ENDS)) <= 1
+        and len(set(v.split("+")) & set(DISTILLED)) <= 1))
     if unknown:
         raise SystemExit(f"student_variants: unknown variant(s) {', '.join(unknown)}; choose "
                          f"from {', '.join(VARIANTS)}, or join {', '.join(sorted(composable))} "
@@ -391,7 +402,7 @@ def check_variants(variants: list[str]) -> None:
 
 
 def run_one(job: tuple) -> None:
-    variant, k, s, out_root = job
+    variant, k, s, out_root, cv = job
     out = Path(out_root) / variant / f"fold{k}" / f"seed{s}"
     if (out / "result.json").is_file():
         return
@@ -434,8 +445,9 @@ def run_one(job: tuple) -> None:
         split = Split(train=[*split.train, *split.val], val=split.val, test=split.test)
     train = np.flatnonzero(np.isin(windows.subject, split.train))
     arch, training = variant_changes(variant)
-    cfg = DistillConfig(**{"student": "mic-s", "method": "no-kd", "epochs": 12, "seed": k + 10 * s,
-                           **training})
+    method, distilled = next((DISTILLED[p] for p in parts if p in DISTILLED), ("no-kd", {}))
+    cfg = DistillConfig(**{"student": "mic-s", "method": method, "epochs": 12, "seed": k + 10 * s,
+                           **training, **distilled})
     if "swa" in parts or "swa4" in parts:
         signal = windows.signal.with_clip(cfg.input_clip_uv)  # the windows as the student sees them
         _weight_average(4 if "swa4" in parts else 2, [signal.to_model_units(windows.X[train[i:i + 64]])
@@ -444,7 +456,7 @@ def run_one(job: tuple) -> None:
 
     st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}", **{**MIC_S, **arch})
     cfg.student = f"mic-s-{variant}"
-    distill(None, windows, split, out, cfg)
+    distill(Path(cv) / f"fold{k}" / "teacher" if method != "no-kd" else None, windows, split, out, cfg)
     model = load_student(out).eval()
     test = np.isin(windows.subject, split.test)
     x = torch.from_numpy(model.signal.to_model_units(windows.X[test]))
@@ -525,7 +537,13 @@ def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
             d = [runs[k] - base[k] for k in runs if keep(k[1])]
             parts.append(f"{label}: {statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} "
                          f"of {len(d)} runs")
-        lines.append(f"- {v} − base, paired per (fold, seed): " + "; ".join(parts) + ".")
+        seeds_run = sorted({s for _, s in runs})
+        bacc = statistics.mean(statistics.mean(b for (k, _), b in runs.items() if k == fold)
+                               for fold in range(6))
+        per_seed = [statistics.mean(b for (_, s), b in runs.items() if s == seed) for seed in seeds_run]
+        lines.append(f"- {v} − base, paired per (fold, seed): " + "; ".join(parts)
+                     + f" ({v} over all {len(seeds_run)} seeds: BAcc {bacc:.3f}; per seed "
+                     + ", ".join(f"{b:.3f}" for b in per_seed) + ").")
     return "\n".join(lines)
 
 
@@ -535,14 +553,22 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--cv", type=Path, default=Path("runs/cv"),
+                    help="bench/cv_benchmark.py's output: the fine-tuned teacher of each fold "
+                         "(fold{k}/teacher), read by the distilled variants (kd, dlink, dlink-kd)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     check_variants(variants)
+    missing = [k for k in range(6) if not (args.cv / f"fold{k}" / "teacher").is_dir()]
+    if missing and any(set(v.split("+")) & set(DISTILLED) for v in variants):
+        teacher = args.cv / f"fold{missing[0]}" / "teacher"
+        raise SystemExit(f"student_variants: no fine-tuned teacher in {teacher}; "
+                         "run bench/cv_benchmark.py first or pass --cv.")
     cv_json = REPO / "results" / "cv_benchmark.json"  # the reference rows, read before training
     if not cv_json.is_file():
         raise SystemExit(f"student_variants: {cv_json} is missing; run bench/cv_benchmark.py first.")
     cv = json.loads(cv_json.read_text())["summary"]
-    jobs = [(v, k, s, args.out) for s in range(args.seeds) for v in variants for k in range(6)]
+    jobs = [(v, k, s, args.out, args.cv) for s in range(args.seeds) for v in variants for k in range(6)]
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         list(pool.imap_unordered(run_one, jobs))
     summary_json = REPO / "results" / "student_variants.json"
@@ -551,7 +577,7 @@ def main() -> None:
     table, summary = tables(Path(args.out), variants, carried, args.seeds)
     confirmation = more_seeds(Path(args.out), variants, args.seeds)
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/student_variants.py", *sys.argv[1:]])
-    doc = (f"# EEG-MiC variants trained alone, 6 folds\n\nWritten by `{command}`. "
+    doc = (f"# EEG-MiC variants, 6 folds\n\nWritten by `{command}`. "
            "What each variant changes: the script's docstring. BAcc per fold is the mean "
            f"over {args.seeds} seeds (a row with fewer runs than {6 * args.seeds} ran fewer). "
            "\"(carried)\": the variant was not run here; its row is "
