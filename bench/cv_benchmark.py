@@ -376,6 +376,7 @@ def measure_cache_benefit(repeats: int = 5) -> dict:
     import torch
 
     from dlink.distill import DistillObjective
+    from dlink.losses import build_loss
     from dlink.router import build_router
     from dlink.signal import SignalSpec
     from dlink.student import build_student
@@ -388,8 +389,9 @@ def measure_cache_benefit(repeats: int = 5) -> dict:
     teacher = create_teacher("small", n_outputs=2).eval()
     proj = teacher.proj_out[0]
     objective = DistillObjective(build_student("mic-s", sig, 2),
-                                 build_router("router", 6, 200, n_chans=19, n_outputs=2), "dlink",
-                                 0.1, None, decoder=Decoder(proj.weight.detach(), proj.bias.detach()))
+                                 build_router("router", 6, 200, n_chans=19, n_outputs=2),
+                                 build_loss("dlink", label_smoothing=0.1), None,
+                                 decoder=Decoder(proj.weight.detach(), proj.bias.detach()))
     x, y = torch.randn(32, 19, 1000), torch.randint(0, 2, (32,))
     teacher_s, step_s = [], []
     for _ in range(repeats):

@@ -29,7 +29,7 @@ from dlink.atomic import savez_atomic, write_text_atomic
 from dlink.augment import crop_into_next, gain_jitter, successors
 from dlink.data import Split, Windows
 from dlink.errors import ConfigError
-from dlink.losses import Decoder, build_loss, distill_loss
+from dlink.losses import Decoder, DistillLoss, build_loss, distill_loss
 from dlink.metrics import compute_metrics, selection_metric, tune_threshold
 from dlink.nn_utils import lookup
 from dlink.router import LayerRouter, build_router
@@ -153,11 +153,10 @@ def cache_teacher(teacher, windows: Windows, input_scale: float = 0.01,
 class DistillObjective(torch.nn.Module):
     """Student + router + loss as one module (so DDP can wrap the whole step)."""
 
-    def __init__(self, student, router, loss_name: str, label_smoothing: float,
-                 class_weight: Tensor | None, decoder: Decoder | None = None, **loss_overrides):
+    def __init__(self, student, router, loss: DistillLoss, class_weight: Tensor | None,
+                 decoder: Decoder | None = None):
         super().__init__()
-        self.student, self.router, self.decoder = student, router, decoder
-        self.loss = build_loss(loss_name, label_smoothing=label_smoothing, **loss_overrides)
+        self.student, self.router, self.loss, self.decoder = student, router, loss, decoder
         self.register_buffer("class_weight", class_weight, persistent=False)
 
     def forward(self, x: Tensor, y: Tensor, layers: Tensor, t_logits: Tensor) -> dict[str, Tensor]:
@@ -178,10 +177,9 @@ class DistillObjective(torch.nn.Module):
         return terms
 
 
-def _check_options(cfg: DistillConfig, method: Method, windows: Windows) -> None:
+def _check_options(cfg: DistillConfig, method: Method, loss: DistillLoss, windows: Windows) -> None:
     """One-line errors, before any work, for options the method, student or data cannot take
-    (negative loss weights are `DistillLoss`'s own error)."""
-    loss = build_loss(method.loss, **loss_overrides(cfg))
+    (negative loss weights are `DistillLoss`'s own error, raised when ``loss`` was built)."""
     # a router weight the method's router would not use is an error, not a silent no-op: the
     # target probe needs a router (learned or static), the mutual-information reward a learned one
     for name, kinds in (("router_ce", ("router", "static")), ("router_mi", ("router",))):
@@ -203,6 +201,11 @@ def _check_options(cfg: DistillConfig, method: Method, windows: Windows) -> None
         raise ConfigError(f"crop_jitter needs windows cut back to back from one recording per "
                           f"subject and class (EEGMAT); {windows.name!r} windows may join unrelated "
                           "trials. Leave it off for these data.")
+
+
+def build_method_loss(cfg: DistillConfig, method: Method) -> DistillLoss:
+    """The method's loss preset with the fields ``cfg`` sets (None fields keep the preset)."""
+    return build_loss(method.loss, label_smoothing=cfg.label_smoothing, **loss_overrides(cfg))
 
 
 def loss_overrides(cfg: DistillConfig) -> dict:
@@ -242,11 +245,12 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
     method = METHODS[cfg.method]
-    _check_options(cfg, method, windows)
+    loss = build_method_loss(cfg, method)
+    _check_options(cfg, method, loss, windows)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     K = len(windows.class_names)
-    needs_teacher = method.router is not None or build_loss(method.loss, **loss_overrides(cfg)).kd_weight > 0
+    needs_teacher = method.router is not None or loss.kd_weight > 0
     dev = dist.device()
     if needs_teacher and cache is None:
         cache = cache_teacher(load_teacher(teacher_dir).to(dev), windows, cfg.input_scale)
@@ -264,9 +268,8 @@ def distill(teacher_dir: Path, windows: Windows, split: Split, out_dir: Path,
               if method.router else None)
     weight = class_weights(windows.y[idx["train"]], K) if cfg.class_weighted else None
     objective = dist.wrap(
-        DistillObjective(student, router, method.loss, cfg.label_smoothing, weight,
-                         decoder=cache.decoder if cache is not None else None,
-                         **loss_overrides(cfg)).to(dev))
+        DistillObjective(student, router, loss, weight,
+                         decoder=cache.decoder if cache is not None else None).to(dev))
     empty = torch.zeros(len(x), 0)
     nxt = successors(windows) if cfg.crop_jitter else None
 

@@ -147,11 +147,11 @@ def test_router_is_trained_by_the_distillation_loss():
 
     torch.manual_seed(0)
     signal = SignalSpec(tuple(f"c{i}" for i in range(19)), 200.0, 1000)
-    from dlink.losses import Decoder
+    from dlink.losses import Decoder, build_loss
 
     student = build_student("mic-xs", signal, 2, d_teacher=40)
     router = build_router("router", 3, 40, n_chans=19, n_outputs=2)
-    objective = DistillObjective(student, router, "dlink", 0.0, None,
+    objective = DistillObjective(student, router, build_loss("dlink", label_smoothing=0.0), None,
                                  decoder=Decoder(torch.randn(200, 40) / 40**0.5, torch.zeros(200)))
     layers = torch.randn(4, 3, 19, 5, 40)
     terms = objective(torch.randn(4, 19, 1000), torch.tensor([0, 1, 0, 1]), layers, None)
@@ -257,17 +257,17 @@ def test_crop_jitter_is_refused_for_windows_not_cut_back_to_back(small_windows, 
 @pytest.mark.parametrize("method, option", [("static-weights", "router_ce"), ("dlink", "router_ce"),
                                             ("dlink", "router_mi"), ("dlink-no-spectral", "router_mi")])
 def test_router_weights_for_a_method_with_that_router_are_accepted(method, option, small_windows):
-    from dlink.distill import _check_options
+    from dlink.distill import _check_options, build_method_loss
 
-    _check_options(DistillConfig(method=method, **{option: 0.3}), METHODS[method], small_windows)
+    cfg = DistillConfig(method=method, **{option: 0.3})
+    _check_options(cfg, METHODS[method], build_method_loss(cfg, METHODS[method]), small_windows)
 
 
 def test_kd_weight_adds_the_logit_kd_term_to_any_method():
-    from dlink.distill import loss_overrides
-    from dlink.losses import build_loss
+    from dlink.distill import build_method_loss
 
     def kd_weight(cfg):
-        return build_loss(METHODS[cfg.method].loss, **loss_overrides(cfg)).kd_weight
+        return build_method_loss(cfg, METHODS[cfg.method]).kd_weight
 
     assert kd_weight(DistillConfig(method="dlink")) == 0.0
     assert kd_weight(DistillConfig(method="dlink", kd_weight=0.5)) == 0.5
