@@ -89,6 +89,11 @@ change:
   ``dlink`` with the logit KD term added (``kd_weight`` 1, `bench/router_variants.py`'s
   ``kd1``); joined with the variants above (``kd+bp+pbm-sqlog``): does a front end that
   helps alone help a distilled student, and does KD help it;
+- ``shallowconvnet``: not a variant: the benchmark's ShallowConvNet row (same recipe, folds
+  and seeds, 1 thread), so that it can be run on more seeds than the table's 3 and set
+  against ``bp`` (EEG-MiC alone as the benchmark's ``no-kd`` row trains it) seed for seed;
+  the seeds the benchmark ran are read from its runs in ``--cv`` (trained here, its fold
+  0 and 1 seed-0 runs repeated the benchmark's BAcc to the last digit), the others trained;
 - ``A+B``: the changes of variants A and B together (``bp+fl49``, ``clip100+xs``; the
   architecture and training variants above, ``last``, ``trval``, ``flip``, ``rev`` and at most
   one patched front end (``pbm``, ``abs``, ``pbm-abs``, ``pbm-sqlog``) can be joined on the
@@ -130,7 +135,9 @@ VARIANTS = ["base", "rms", "chrms", "gj0.3", "ch8", "eg2", "eg3", "xs", "fl49", 
             "bp+lbp-only", "bp+pbp", "bp+pbp-only", "bp+frz", "bp+frz+lbp", "bp+frz+lbp-only",
             "bp+frz+pbp-only", "bp+last+nothr", "bp+frz+pbp-only+last+nothr",
             "bp+frz+pbp-only+last+nothr+ls0+drop0+ep30", "bp+ep30", "bp+last+ep30",
-            "bp+refit", "kd+bp", "kd+bp+pbm-sqlog", "dlink-kd+bp+pbm-sqlog"]
+            "bp+refit", "kd+bp", "kd+bp+pbm-sqlog", "dlink-kd+bp+pbm-sqlog", "shallowconvnet"]
+# not EEG-MiC: a baseline of `bench/cv_benchmark.py` trained here as there (more seeds)
+BASELINE_ROWS = ("shallowconvnet",)
 # the mic-s preset as the variants were measured against it: random-initialised filters (the
 # default until the ``bp`` variant's gain held on fresh seeds and band-pass became the default)
 MIC_S = {"n_bands": 16, "n_virtual": 4, "width": 48, "filter_init": "random"}
@@ -406,6 +413,16 @@ def run_one(job: tuple) -> None:
     out = Path(out_root) / variant / f"fold{k}" / f"seed{s}"
     if (out / "result.json").is_file():
         return
+    if variant in BASELINE_ROWS:  # a seed the benchmark ran: its run, not a second one
+        from cv_benchmark import seed_dirs  # bench/ is on sys.path when a bench script runs
+
+        name, _ = seed_dirs(variant, k, s + 1)[s]
+        metrics = Path(cv) / f"fold{k}" / name / "metrics.json"
+        if metrics.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            bacc = json.loads(metrics.read_text())["test"]["bacc"]
+            (out / "result.json").write_text(json.dumps({"bacc": bacc, "from": str(metrics)}))
+            return
     import torch
 
     torch.set_num_threads(1)
@@ -454,8 +471,11 @@ def run_one(job: tuple) -> None:
                                                       for i in range(0, len(train), 64)])
     import dlink.student as st
 
-    st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}", **{**MIC_S, **arch})
-    cfg.student = f"mic-s-{variant}"
+    if variant in BASELINE_ROWS:
+        cfg.student = variant
+    else:
+        st.register_student(f"mic-s-{variant}", st.EEGMiC, f"mic-s with {arch}", **{**MIC_S, **arch})
+        cfg.student = f"mic-s-{variant}"
     distill(Path(cv) / f"fold{k}" / "teacher" if method != "no-kd" else None, windows, split, out, cfg)
     model = load_student(out).eval()
     test = np.isin(windows.subject, split.test)
@@ -465,7 +485,8 @@ def run_one(job: tuple) -> None:
     with torch.no_grad():
         logits = model(x).numpy()
     result = {"bacc": balanced_accuracy_score(windows.y[test], logits.argmax(1))}
-    if not set(parts) & set(PATCHED):  # the int8 simulation needs the shipped graph
+    if not set(parts) & set(PATCHED) and variant not in BASELINE_ROWS:  # the int8 simulation
+        # needs EEG-MiC's shipped graph
         from dlink.qat import Int8Sim
 
         calib = train[np.random.default_rng(0).permutation(len(train))[:256]]
@@ -520,30 +541,78 @@ def tables(out_root: Path, run: list[str], carried: dict, seeds: int) -> tuple[s
     return "\n".join(lines), summary
 
 
+def complete_seeds(out_root: Path, variant: str) -> dict[tuple[int, int], float]:
+    """{(fold, seed): BAcc} of ``variant``'s seeds that were run in all 6 folds."""
+    runs = {k: r["bacc"] for k, r in seed_runs(out_root, variant).items()}
+    done = {s for _, s in runs if all((k, s) in runs for k in range(6))}
+    return {k: b for k, b in runs.items() if k[1] in done}
+
+
+def plot_seeds(out_root: Path, run: list[str], seeds: int, cv: dict, path: Path) -> bool:
+    """Each seed's 6-fold mean BAcc, one dot per seed, for the variants of ``run`` with more
+    than ``seeds`` seeds (and ``base``), against band-power + LR and ShallowConvNet's table
+    rows; False (no file) when no variant has more seeds."""
+    rows = {}
+    for v in run:
+        runs = complete_seeds(out_root, v)
+        per_seed = [statistics.mean(b for (_, s), b in runs.items() if s == seed)
+                    for seed in sorted({s for _, s in runs})]
+        if len(per_seed) > seeds or (v == "base" and per_seed):
+            rows[v] = per_seed
+    if len(rows) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(rows) + 1.8))
+    for i, per_seed in enumerate(rows.values()):
+        ax.plot(per_seed, [i] * len(per_seed), "o", color="C0", alpha=0.7)
+        ax.plot([statistics.mean(per_seed)], [i], "|", color="k", markersize=16)
+    for name, color in (("bandpower-lr", "C2"), ("shallowconvnet", "C3")):
+        ax.axvline(cv[name]["bacc"][0], color=color, ls="--",
+                   label=f"{name} in the CV table ({cv[name]['bacc'][0]:.3f})")
+    ax.set_yticks(range(len(rows)), [f"{v} ({len(p)} seeds)" for v, p in rows.items()])
+    ax.set_xlabel("BAcc, mean over the 6 test folds, one dot per seed (bar: mean over seeds)")
+    ax.invert_yaxis()  # first variant on top
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
     """Markdown lines for the variants of ``run`` that also have runs of seeds >= ``seeds``
     (a confirmation after the choice): their paired difference to ``base`` on the table's
-    seeds, on the later seeds alone, and on all, over the (fold, seed) runs both have."""
-    base = {k: r["bacc"] for k, r in seed_runs(out_root, "base").items()}
+    seeds, on the later seeds alone, and on all, over the (fold, seed) runs both have; their
+    BAcc over every seed run in all 6 folds, and per seed; and, where ``shallowconvnet`` was
+    run on more seeds too, their paired difference to it."""
+    def complete(variant: str) -> dict[tuple[int, int], float]:
+        return complete_seeds(out_root, variant)
+
+    def paired(runs: dict, ref: dict, keep=lambda s: True) -> str:
+        d = [runs[k] - ref[k] for k in runs if k in ref and keep(k[1])]
+        return f"{statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} of {len(d)} runs"
+
+    base, scn = complete("base"), complete("shallowconvnet")
     lines = []
     for v in run:
-        runs = {k: r["bacc"] for k, r in seed_runs(out_root, v).items() if k in base}
+        runs = complete(v)
         if v == "base" or not any(s >= seeds for _, s in runs):
             continue
-        parts = []
-        for label, keep in ((f"seeds 0-{seeds - 1}", lambda s: s < seeds),
-                            (f"seeds {seeds}+", lambda s: s >= seeds),
-                            ("all", lambda s: True)):
-            d = [runs[k] - base[k] for k in runs if keep(k[1])]
-            parts.append(f"{label}: {statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} "
-                         f"of {len(d)} runs")
+        parts = [f"{label}: {paired(runs, base, keep)}" for label, keep in (
+            (f"seeds 0-{seeds - 1}", lambda s: s < seeds), (f"seeds {seeds}+", lambda s: s >= seeds),
+            ("all", lambda s: True)) if any(k in base and keep(k[1]) for k in runs)]
         seeds_run = sorted({s for _, s in runs})
-        bacc = statistics.mean(statistics.mean(b for (k, _), b in runs.items() if k == fold)
-                               for fold in range(6))
         per_seed = [statistics.mean(b for (_, s), b in runs.items() if s == seed) for seed in seeds_run]
-        lines.append(f"- {v} − base, paired per (fold, seed): " + "; ".join(parts)
-                     + f" ({v} over all {len(seeds_run)} seeds: BAcc {bacc:.3f}; per seed "
-                     + ", ".join(f"{b:.3f}" for b in per_seed) + ").")
+        line = (f"- {v} − base, paired per (fold, seed): " + "; ".join(parts)
+                + f" ({v} over all {len(seeds_run)} seeds: BAcc {statistics.mean(per_seed):.3f}; "
+                "per seed " + ", ".join(f"{b:.3f}" for b in per_seed) + ")")
+        if v != "shallowconvnet" and any(s >= 3 for _, s in scn):  # more than the table's 3 seeds
+            line += f"; − shallowconvnet, paired per (fold, seed): {paired(runs, scn)}"
+        lines.append(line + ".")
     return "\n".join(lines)
 
 
@@ -584,13 +653,17 @@ def main() -> None:
            "the one an earlier run of this script committed, its SQNR from the int8 "
            "simulation of that time (compare SQNR only among rows that are not carried). "
            "SQNR is the simulated int8 logit SQNR on the test subjects "
-           f"(not computed for the patched variants {', '.join(PATCHED)}). For comparison, ShallowConvNet "
+           f"(not computed for the patched variants {', '.join(PATCHED)}, nor for "
+           f"{', '.join(BASELINE_ROWS)}). For comparison, ShallowConvNet "
            f"scores {cv['shallowconvnet']['bacc'][0]:.3f} ({cv['shallowconvnet']['n_seeds']} seeds) and "
            f"band-power + LR {cv['bandpower-lr']['bacc'][0]:.3f} on the same folds "
            "(`results/cv_benchmark.md`).\n\n" + table + "\n")
     if confirmation:
         doc += ("\nMore seeds (`--seeds` larger for these variants in an earlier run of this "
                 "script; the table above uses seeds 0.." f"{args.seeds - 1} only):\n\n" + confirmation + "\n")
+    if plot_seeds(Path(args.out), variants, args.seeds, cv, REPO / "results" / "student_variants_seeds.png"):
+        doc += ("\nHow far a seed moves the 6-fold mean (the variants above with more seeds):\n\n"
+                "![each seed's 6-fold mean BAcc](student_variants_seeds.png)\n")
     (REPO / "results" / "student_variants.md").write_text(doc)
     summary_json.write_text(json.dumps(summary, indent=1))
     print(doc)
