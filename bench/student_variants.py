@@ -589,17 +589,14 @@ def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
     seeds, on the later seeds alone, and on all, over the (fold, seed) runs both have; their
     BAcc over every seed run in all 6 folds, and per seed; and, where ``shallowconvnet`` was
     run on more seeds too, their paired difference to it."""
-    def complete(variant: str) -> dict[tuple[int, int], float]:
-        return complete_seeds(out_root, variant)
-
     def paired(runs: dict, ref: dict, keep=lambda s: True) -> str:
         d = [runs[k] - ref[k] for k in runs if k in ref and keep(k[1])]
         return f"{statistics.mean(d):+.3f}, higher in {sum(x > 0 for x in d)} of {len(d)} runs"
 
-    base, scn = complete("base"), complete("shallowconvnet")
+    base, scn = complete_seeds(out_root, "base"), complete_seeds(out_root, "shallowconvnet")
     lines = []
     for v in run:
-        runs = complete(v)
+        runs = complete_seeds(out_root, v)
         if v == "base" or not any(s >= seeds for _, s in runs):
             continue
         parts = [f"{label}: {paired(runs, base, keep)}" for label, keep in (
