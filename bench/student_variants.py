@@ -548,15 +548,19 @@ def complete_seeds(out_root: Path, variant: str) -> dict[tuple[int, int], float]
     return {k: b for k, b in runs.items() if k[1] in done}
 
 
+def seed_means(runs: dict[tuple[int, int], float]) -> list[float]:
+    """Each seed's mean BAcc over the folds of ``runs`` ({(fold, seed): BAcc}), by seed."""
+    return [statistics.mean(b for (_, s), b in runs.items() if s == seed)
+            for seed in sorted({s for _, s in runs})]
+
+
 def plot_seeds(out_root: Path, run: list[str], seeds: int, cv: dict, path: Path) -> bool:
     """Each seed's 6-fold mean BAcc, one dot per seed, for the variants of ``run`` with more
     than ``seeds`` seeds (and ``base``), against band-power + LR and ShallowConvNet's table
     rows; False (no file) when no variant has more seeds."""
     rows = {}
     for v in run:
-        runs = complete_seeds(out_root, v)
-        per_seed = [statistics.mean(b for (_, s), b in runs.items() if s == seed)
-                    for seed in sorted({s for _, s in runs})]
+        per_seed = seed_means(complete_seeds(out_root, v))
         if len(per_seed) > seeds or (v == "base" and per_seed):
             rows[v] = per_seed
     if len(rows) < 2:
@@ -602,10 +606,9 @@ def more_seeds(out_root: Path, run: list[str], seeds: int) -> str:
         parts = [f"{label}: {paired(runs, base, keep)}" for label, keep in (
             (f"seeds 0-{seeds - 1}", lambda s: s < seeds), (f"seeds {seeds}+", lambda s: s >= seeds),
             ("all", lambda s: True)) if any(k in base and keep(k[1]) for k in runs)]
-        seeds_run = sorted({s for _, s in runs})
-        per_seed = [statistics.mean(b for (_, s), b in runs.items() if s == seed) for seed in seeds_run]
+        per_seed = seed_means(runs)
         line = (f"- {v} − base, paired per (fold, seed): " + "; ".join(parts)
-                + f" ({v} over all {len(seeds_run)} seeds: BAcc {statistics.mean(per_seed):.3f}; "
+                + f" ({v} over all {len(per_seed)} seeds: BAcc {statistics.mean(per_seed):.3f}; "
                 "per seed " + ", ".join(f"{b:.3f}" for b in per_seed) + ")")
         if v != "shallowconvnet" and any(s >= 3 for _, s in scn):  # more than the table's 3 seeds
             line += f"; − shallowconvnet, paired per (fold, seed): {paired(runs, scn)}"

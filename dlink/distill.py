@@ -205,14 +205,10 @@ def _check_options(cfg: DistillConfig, method: Method, loss: DistillLoss, window
 
 def build_method_loss(cfg: DistillConfig, method: Method) -> DistillLoss:
     """The method's loss preset with the fields ``cfg`` sets (None fields keep the preset)."""
-    return build_loss(method.loss, label_smoothing=cfg.label_smoothing, **loss_overrides(cfg))
-
-
-def loss_overrides(cfg: DistillConfig) -> dict:
-    """The `DistillLoss` fields a config sets (None fields keep the method's preset)."""
     fields = {"alpha": cfg.alpha, "lambda_mag": cfg.lambda_mag, "lambda_phase": cfg.lambda_phase,
               "router_ce": cfg.router_ce, "router_mi": cfg.router_mi, "kd_weight": cfg.kd_weight}
-    return {k: v for k, v in fields.items() if v is not None}
+    return build_loss(method.loss, label_smoothing=cfg.label_smoothing,
+                      **{k: v for k, v in fields.items() if v is not None})
 
 
 def router_weights(router, cache: TeacherCache, index: np.ndarray,
